@@ -1,0 +1,104 @@
+"""The paper's two architectures as Flax modules, and a registry with their training settings.
+
+Both are bias-free by default, so that their flattened weight vectors have exactly the
+paper's dimensions: 2,160 (FFNN) and 1,376 (CNN). Kernels use Kaiming (He) normal
+initialisation, fan-in, with a plain (untruncated) normal as in PyTorch's `kaiming_normal_`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from wsjax.errors import ConfigError
+
+__all__ = ["FFNN", "CNN", "ArchSpec", "ARCHS", "get_arch", "kaiming_normal"]
+
+kaiming_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+
+class FFNN(nn.Module):
+    """fc -> sigmoid -> fc -> sigmoid -> fc.
+
+    Input [B, 196] or [B, 14, 14, 1] (flattened); output [B, num_classes] (no softmax).
+    """
+
+    hidden: int = 10
+    num_classes: int = 10
+    use_bias: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.reshape((x.shape[0], -1))
+        x = nn.sigmoid(nn.Dense(self.hidden, use_bias=self.use_bias, kernel_init=kaiming_normal)(x))
+        x = nn.sigmoid(nn.Dense(self.hidden, use_bias=self.use_bias, kernel_init=kaiming_normal)(x))
+        return nn.Dense(self.num_classes, use_bias=self.use_bias, kernel_init=kaiming_normal)(x)
+
+
+class CNN(nn.Module):
+    """2 x [conv 3x3 stride 2 pad 1 -> max-pool 2x2 -> LeakyReLU(0.01)] -> fc.
+
+    Input [B, 14, 14, 1]; 14 -> 7 -> (pool) 3 -> 2 -> (pool) 1; output [B, num_classes].
+    """
+
+    channels: tuple[int, int] = (16, 8)
+    num_classes: int = 10
+    use_bias: bool = False
+    negative_slope: float = 0.01
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for c in self.channels:
+            x = nn.Conv(c, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
+                        use_bias=self.use_bias, kernel_init=kaiming_normal)(x)
+            x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+            x = nn.leaky_relu(x, self.negative_slope)
+        x = x.reshape((x.shape[0], -1))
+        return nn.Dense(self.num_classes, use_bias=self.use_bias, kernel_init=kaiming_normal)(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchSpec:
+    """A registered architecture and the paper's training settings for it (Table 1).
+
+    Attributes:
+        name: registry key.
+        make_module: builds the Flax module; keyword arguments go to the module.
+        input_shape: shape of one input example.
+        num_params: length of the flattened weight vector of the default (bias-free) module.
+        learning_rate, momentum, weight_decay, batch_size: the paper's SGD settings.
+    """
+
+    name: str
+    make_module: Callable[..., nn.Module]
+    input_shape: tuple[int, ...]
+    num_params: int
+    learning_rate: float
+    momentum: float
+    weight_decay: float
+    batch_size: int
+
+
+ARCHS: dict[str, ArchSpec] = {
+    "ffnn": ArchSpec("ffnn", FFNN, (196,), 2160, 0.03, 0.9, 0.0003, 4),
+    "cnn": ArchSpec("cnn", CNN, (14, 14, 1), 1376, 0.0003, 0.9, 0.1, 12),
+}
+
+
+def get_arch(name: str) -> ArchSpec:
+    """The registered architecture `name`, or a ConfigError that lists the choices."""
+    try:
+        return ARCHS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown architecture {name!r}; choose one of {', '.join(sorted(ARCHS))}"
+        ) from None
+
+
+def example_input(spec: ArchSpec, batch: int = 1) -> jax.Array:
+    """Zeros of shape [batch, *spec.input_shape], for module.init."""
+    return jnp.zeros((batch, *spec.input_shape), jnp.float32)

@@ -1,0 +1,145 @@
+"""Run directories: one zoo per folder, written atomically, resumable, no pickles.
+
+Layout of a run directory::
+
+    config.json      the full configuration (JSON), plus the data it was trained on
+    snapshots.npy    float32 [S, E+1, P] flattened weights; epoch 0 = initialisation (mmap-able)
+    metrics.npz      test_accuracy [S, E+1], test_loss [S, E+1], train_loss [S, E],
+                     diverged_epoch [S] (-1: never), seeds [S]
+    progress.json    {"completed_epochs": k, "complete": bool}
+    state.npz        training state after the last completed epoch (only while incomplete)
+
+Every file is written to a temporary name in the same folder and moved into place
+(`os.replace`), so a killed process leaves either the old or the new file, never half of one.
+`snapshots.npy` is the exception by design: epochs are written into it in place (mmap) and
+only count once `progress.json` says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsjax.errors import RunDirError
+
+__all__ = [
+    "Zoo",
+    "load_zoo",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_save_npz",
+    "read_json",
+]
+
+METRIC_KEYS = ("test_accuracy", "test_loss", "train_loss", "diverged_epoch", "seeds")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise RunDirError(f"{path}: not found") from None
+    except json.JSONDecodeError as e:
+        raise RunDirError(f"{path}: not valid JSON ({e})") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Zoo:
+    """A trained zoo as read from a run directory.
+
+    Attributes:
+        path: the run directory.
+        config: the configuration dict from config.json.
+        snapshots: float32 [S, E+1, P] (memory-mapped).
+        test_accuracy: [S, E+1]; test_loss: [S, E+1]; train_loss: [S, E].
+        diverged_epoch: int [S], -1 for members that never diverged.
+        seeds: int [S].
+    """
+
+    path: Path
+    config: dict
+    snapshots: np.ndarray
+    test_accuracy: np.ndarray
+    test_loss: np.ndarray
+    train_loss: np.ndarray
+    diverged_epoch: np.ndarray
+    seeds: np.ndarray
+
+    @property
+    def arch(self) -> str:
+        return self.config["arch"]
+
+    @property
+    def num_epochs(self) -> int:
+        return self.snapshots.shape[1] - 1
+
+    def healthy(self) -> np.ndarray:
+        """bool [S]: members whose training never diverged."""
+        return self.diverged_epoch < 0
+
+
+def load_zoo(run_dir: str | os.PathLike, mmap: bool = True) -> Zoo:
+    """Reads a completed run directory.
+
+    Raises:
+        RunDirError: the folder is missing, the run is incomplete, or a file is malformed.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunDirError(f"{run_dir}: run directory not found; train one with "
+                          "`python -m experiments.zoo --out DIR`")
+    progress = read_json(run_dir / "progress.json")
+    if not progress.get("complete"):
+        raise RunDirError(
+            f"{run_dir}: run is incomplete ({progress.get('completed_epochs', 0)} epochs done); "
+            "rerun the same `experiments.zoo` command to resume it")
+    config = read_json(run_dir / "config.json")
+    try:
+        snapshots = np.load(run_dir / "snapshots.npy", mmap_mode="r" if mmap else None,
+                            allow_pickle=False)
+        with np.load(run_dir / "metrics.npz", allow_pickle=False) as m:
+            metrics = {k: m[k] for k in METRIC_KEYS}
+    except (OSError, KeyError, ValueError) as e:
+        raise RunDirError(f"{run_dir}: cannot read the zoo arrays ({e})") from None
+    return Zoo(path=run_dir, config=config, snapshots=snapshots, **metrics)

@@ -1,0 +1,291 @@
+"""Training the paper's model zoos into resumable run directories.
+
+`run_zoo(config, out_dir)` trains `config.seeds` members of a registered architecture at once
+and writes a run directory (see wsjax.store). Killed at any point, the same call resumes from
+the last completed epoch and ends bit-identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from wsjax.data import Dataset, load_dataset
+from wsjax.errors import ConfigError, RunDirError
+from wsjax.models import get_arch
+from wsjax.store import atomic_save_npz, atomic_write_json, load_zoo, read_json
+from wsjax.train import BatchedTrainer, HParams, diverged_epochs, get_loss, sgd_with_weight_decay
+
+__all__ = ["ZooConfig", "run_zoo", "make_trainer", "member_keys", "dataset_fingerprint"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ZooConfig:
+    """What defines a zoo. None for a hyperparameter means the architecture's paper default.
+
+    Attributes:
+        arch: registered architecture ("ffnn", "cnn").
+        dataset: "mnist" or "digits".
+        seeds: number of members; member i uses seed `seed_start + i`.
+        epochs: training epochs (snapshots are kept for epochs 0..epochs).
+        loss: MSE reduction, "sum" (default, see README), "mean" or "batch_mean".
+        chunk: train at most this many members at once (memory only; results are identical).
+    """
+
+    arch: str = "cnn"
+    dataset: str = "mnist"
+    seeds: int = 250
+    seed_start: int = 0
+    epochs: int = 50
+    loss: str = "sum"
+    learning_rate: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    batch_size: int | None = None
+    use_bias: bool = False
+    chunk: int | None = None
+
+    def __post_init__(self):
+        get_arch(self.arch)
+        get_loss(self.loss)
+        if self.seeds < 1:
+            raise ConfigError(f"--seeds must be at least 1, got {self.seeds}")
+        if self.epochs < 1:
+            raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.chunk is not None and self.chunk < 1:
+            raise ConfigError(f"--chunk must be at least 1, got {self.chunk}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        for name in ("learning_rate", "weight_decay", "momentum"):
+            v = getattr(self, name)
+            if v is not None and not (np.isfinite(v) and v >= 0):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number >= 0")
+
+    def resolved(self) -> dict:
+        """The configuration with every default filled in (what config.json records)."""
+        spec = get_arch(self.arch)
+        d = dataclasses.asdict(self)
+        d.pop("chunk")
+        for name in ("learning_rate", "momentum", "weight_decay", "batch_size"):
+            if d[name] is None:
+                d[name] = getattr(spec, name)
+        return d
+
+    def hparams(self) -> HParams:
+        r = self.resolved()
+        return HParams(r["learning_rate"], r["momentum"], r["weight_decay"])
+
+
+def member_keys(seeds: np.ndarray) -> np.ndarray:
+    """Raw uint32 key data [S, 2]: member i's key is `jax.random.key(seed_i)`."""
+    return np.stack([np.asarray(jax.random.key_data(jax.random.key(int(s)))) for s in seeds])
+
+
+def make_trainer(config: ZooConfig) -> BatchedTrainer:
+    spec = get_arch(config.arch)
+    r = config.resolved()
+    return BatchedTrainer(spec.make_module(use_bias=config.use_bias), sgd_with_weight_decay,
+                          get_loss(config.loss), r["batch_size"])
+
+
+def dataset_fingerprint(ds: Dataset) -> str:
+    h = hashlib.sha256()
+    for a in (ds.x_train, ds.y_train, ds.x_test, ds.y_test):
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _prepare_inputs(config: ZooConfig, ds: Dataset) -> Dataset:
+    spec = get_arch(config.arch)
+    want = spec.input_shape
+    if tuple(ds.x_train.shape[1:]) == want:
+        return ds
+    if int(np.prod(ds.x_train.shape[1:])) == int(np.prod(want)):
+        return dataclasses.replace(
+            ds, x_train=ds.x_train.reshape(-1, *want), x_test=ds.x_test.reshape(-1, *want))
+    raise ConfigError(f"{ds.name} inputs have shape {ds.x_train.shape[1:]}; {config.arch} "
+                      f"needs {want}")
+
+
+def _split_chunks(members: int, chunk: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """[(member indices, padded indices of length chunk)] covering 0..members-1."""
+    out = []
+    for lo in range(0, members, chunk):
+        idx = np.arange(lo, min(lo + chunk, members))
+        out.append((idx, np.concatenate([idx, np.full(chunk - len(idx), idx[-1])])))
+    return out
+
+
+def run_zoo(config: ZooConfig, out_dir: str | Path, dataset: Dataset | None = None,
+            data_dir: str | None = None, progress: bool = True, log=print,
+            stop_after_epoch: int | None = None) -> Path:
+    """Trains (or resumes, or finds complete) the zoo described by `config` in `out_dir`.
+
+    Args:
+        config: the zoo.
+        out_dir: its run directory (created; must hold this same zoo if it exists).
+        dataset: the data; loaded from `config.dataset` / `data_dir` when None.
+        data_dir: MNIST IDX folder (None: TFDS).
+        progress: show a tqdm bar.
+        log: where one-line messages go.
+        stop_after_epoch: stop (incomplete, resumable) once this epoch is saved; for tests.
+
+    Returns:
+        out_dir as a Path.
+    """
+    out = Path(out_dir)
+    ds = dataset if dataset is not None else load_dataset(config.dataset, data_dir)
+    ds = _prepare_inputs(config, ds)
+    resolved = config.resolved()
+    identity = {
+        "config": resolved,
+        "data": {"name": ds.name, "source": ds.source, "n_train": len(ds.x_train),
+                 "n_test": len(ds.x_test), "fingerprint": dataset_fingerprint(ds)},
+    }
+    spec = get_arch(config.arch)
+    trainer = make_trainer(config)
+    members = config.seeds
+    seeds = np.arange(config.seed_start, config.seed_start + members, dtype=np.int64)
+    keys = member_keys(seeds)
+    steps = len(ds.x_train) // resolved["batch_size"]
+    if steps < 1:
+        raise ConfigError(f"{ds.name} has {len(ds.x_train)} training examples, fewer than one "
+                          f"batch of {resolved['batch_size']}")
+
+    out.mkdir(parents=True, exist_ok=True)
+    config_path = out / "config.json"
+    if config_path.exists():
+        stored = read_json(config_path)
+        stored_identity = {"config": stored.get("config"), "data": stored.get("data")}
+        if stored_identity != identity:
+            raise RunDirError(
+                f"{out}: holds a different zoo (config or data differ); choose another --out "
+                "or delete that folder")
+        if (out / "progress.json").exists() and read_json(out / "progress.json").get("complete"):
+            log(f"{out}: already complete, nothing to do")
+            return out
+    else:
+        atomic_write_json(config_path, {**identity, "arch": config.arch,
+                                        "num_params": None, "seeds": seeds.tolist(),
+                                        "epochs": config.epochs,
+                                        "flatten_order": "jax.flatten_util.ravel_pytree"})
+
+    x_tr, y_tr = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
+    x_te, y_te = jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)
+    hp_all = trainer.broadcast_hparams(config.hparams(), members)
+    chunk = min(config.chunk or members, members)
+    chunks = _split_chunks(members, chunk)
+    hps = [jax.tree.map(lambda v, p=pad: v[p], hp_all) for _, pad in chunks]
+    states = [trainer.init(keys[pad], hp, x_tr) for (_, pad), hp in zip(chunks, hps, strict=True)]
+    num_params = int(trainer.flat_params(states[0]).shape[1])
+    E = config.epochs
+
+    snap_path, state_path = out / "snapshots.npy", out / "state.npz"
+    metrics = {
+        "test_accuracy": np.zeros((members, E + 1), np.float32),
+        "test_loss": np.zeros((members, E + 1), np.float32),
+        "train_loss": np.zeros((members, E), np.float32),
+        "finite": np.ones((members, E), bool),
+    }
+    done = 0
+    if state_path.exists() and snap_path.exists():
+        with np.load(state_path, allow_pickle=False) as z:
+            done = int(z["completed_epochs"])
+            for k in metrics:
+                metrics[k] = z[k]
+            for c, (_, pad) in enumerate(chunks):
+                treedef = jax.tree.structure(states[c])
+                leaves = [jnp.asarray(z[f"leaf_{i}"][pad])
+                          for i in range(treedef.num_leaves)]
+                states[c] = jax.tree.unflatten(treedef, leaves)
+        snapshots = np.load(snap_path, mmap_mode="r+", allow_pickle=False)
+        log(f"{out}: resuming after epoch {done} of {E}")
+    else:
+        snapshots = np.lib.format.open_memmap(snap_path, mode="w+", dtype=np.float32,
+                                              shape=(members, E + 1, num_params))
+        for c, (idx, _) in enumerate(chunks):
+            snapshots[idx, 0] = np.asarray(trainer.flat_params(states[c]))[: len(idx)]
+            acc, tl = trainer.evaluate(states[c], x_te, y_te)
+            metrics["test_accuracy"][idx, 0] = np.asarray(acc)[: len(idx)]
+            metrics["test_loss"][idx, 0] = np.asarray(tl)[: len(idx)]
+        snapshots.flush()
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=E, initial=done, disable=not progress, unit="epoch",
+               desc=f"{config.arch} x{members}")
+    t_start = time.perf_counter()
+    for e in range(done + 1, E + 1):
+        t0 = time.perf_counter()
+        for c, (idx, _) in enumerate(chunks):
+            states[c], trl, sn, fin = trainer.train_epochs(states[c], hps[c], x_tr, y_tr, e, 1)
+            acc, tl = trainer.evaluate(states[c], x_te, y_te)
+            n = len(idx)
+            snapshots[idx, e] = np.asarray(sn)[:n, 0]
+            metrics["train_loss"][idx, e - 1] = np.asarray(trl)[:n, 0]
+            metrics["finite"][idx, e - 1] = np.asarray(fin)[:n, 0]
+            metrics["test_accuracy"][idx, e] = np.asarray(acc)[:n]
+            metrics["test_loss"][idx, e] = np.asarray(tl)[:n]
+        snapshots.flush()
+        _save_state(state_path, states, chunks, members, e, metrics)
+        atomic_write_json(out / "progress.json", {"completed_epochs": e, "complete": False})
+        dt = time.perf_counter() - t0
+        bar.update(1)
+        bar.set_postfix(model_steps_s=f"{members * steps / dt:,.0f}",
+                        acc=f"{np.nanmean(metrics['test_accuracy'][:, e]):.3f}")
+        if stop_after_epoch is not None and e >= stop_after_epoch and e < E:
+            bar.close()
+            return out
+    bar.close()
+    elapsed = time.perf_counter() - t_start
+
+    diverged = diverged_epochs(metrics["finite"])
+    atomic_save_npz(out / "metrics.npz", test_accuracy=metrics["test_accuracy"],
+                    test_loss=metrics["test_loss"], train_loss=metrics["train_loss"],
+                    diverged_epoch=diverged, seeds=seeds)
+    cfg = read_json(config_path)
+    cfg["num_params"] = num_params
+    atomic_write_json(config_path, cfg)
+    atomic_write_json(out / "progress.json", {"completed_epochs": E, "complete": True})
+    state_path.unlink(missing_ok=True)
+    del snapshots
+    _summary(out, log, elapsed, E - done, members, steps, spec.name)
+    return out
+
+
+def _save_state(path: Path, states, chunks, members: int, epoch: int, metrics: dict) -> None:
+    leaves_per_chunk = [jax.tree.leaves(s) for s in states]
+    arrays = {}
+    for i in range(len(leaves_per_chunk[0])):
+        full = None
+        for (idx, _), leaves in zip(chunks, leaves_per_chunk, strict=True):
+            part = np.asarray(leaves[i])[: len(idx)]
+            if full is None:
+                full = np.empty((members, *part.shape[1:]), part.dtype)
+            full[idx] = part
+        arrays[f"leaf_{i}"] = full
+    atomic_save_npz(path, completed_epochs=np.int64(epoch), **metrics, **arrays)
+
+
+def _summary(out: Path, log, elapsed: float, epochs_run: int, members: int, steps: int,
+             arch: str) -> None:
+    zoo = load_zoo(out)
+    acc = zoo.test_accuracy[:, -1]
+    ok = zoo.healthy()
+    rate = members * steps * epochs_run / max(elapsed, 1e-9)
+    log(f"trained {arch} zoo: {members} members x {zoo.num_epochs} epochs in {elapsed:.1f} s "
+        f"({rate:,.0f} model-steps/s)")
+    if ok.any():
+        log(f"test accuracy at epoch {zoo.num_epochs}: mean {acc[ok].mean():.4f}, "
+            f"min {acc[ok].min():.4f}, max {acc[ok].max():.4f}")
+    if (~ok).any():
+        bad = ", ".join(f"seed {s} (epoch {e})" for s, e in
+                        zip(zoo.seeds[~ok], zoo.diverged_epoch[~ok], strict=True))
+        log(f"diverged: {int((~ok).sum())} member(s): {bad}")
+    log(f"saved to {out}")
