@@ -217,9 +217,9 @@ def load_idx_folder(data_dir: str | os.PathLike) -> Dataset:
 def _tfds_split_arrays(tfds, split: str, data_dir):
     source = tfds.data_source("mnist", split=split, data_dir=data_dir)
     n = len(source)
-    if hasattr(source, "__getitems__"):
+    try:
         records = source.__getitems__(list(range(n)))
-    else:
+    except (AttributeError, TypeError):
         records = [source[i] for i in range(n)]
     images = np.stack([np.asarray(r["image"]) for r in records])
     labels = np.asarray([r["label"] for r in records], dtype=np.int32)
@@ -287,7 +287,7 @@ def load_digits() -> Dataset:
 
     Pixels (0..16) are scaled to [0, 1] and resized bilinearly (half-pixel centres) to 14x14.
     The split is fixed: a permutation from numpy's default_rng(DIGITS_SPLIT_SEED) puts the
-    first 20% (360 images) in the test set and the other 1,437 in the training set.
+    first 20% (359 images) in the test set and the other 1,438 in the training set.
     """
     from sklearn.datasets import load_digits as sk_load_digits
 
