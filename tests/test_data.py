@@ -147,7 +147,7 @@ def test_tfds_path_with_mock_data():
     assert ds.source == "tfds"
     assert ds.x_train.shape == (24, 14, 14, 1) and ds.x_test.shape == (24, 14, 14, 1)
     assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int32
-    assert 0.0 <= ds.x_train.min() and ds.x_train.max() <= 1.0
+    assert ds.x_train.min() >= 0.0 and ds.x_train.max() <= 1.0
     assert set(np.unique(ds.y_train)) <= set(range(10))
 
 
