@@ -60,3 +60,40 @@ def test_single_linkage_rejects_bad_input():
         single_linkage(np.zeros((1, 3)))
     with pytest.raises(ConfigError):
         single_linkage(np.array([[0.0], [np.nan]]))
+
+
+def test_metrics_perfect_chain():
+    from wsjax.analysis.metrics import cluster_metrics
+    # One model, epochs 1..5, heights decreasing with epoch: order 1,2,3,4,5.
+    m = cluster_metrics(np.zeros(5, int), np.zeros(5, int), np.arange(1, 6),
+                        np.array([5.0, 4.0, 3.0, 2.0, 1.0]))
+    assert m.mean_purity == 1.0 and m.overall_purity == 1.0
+    assert m.ordered_initial.tolist() == [5]
+    assert m.mean_ordered_fraction == 1.0
+
+
+def test_metrics_one_swap():
+    from wsjax.analysis.metrics import cluster_metrics
+    # Epochs 3 and 4 swapped: order 1,2,4,3,5 -> prefix 2; pairs 1-2 ok, 2-4, 4-3, 3-5 not.
+    heights = np.array([5.0, 4.0, 2.0, 3.0, 1.0])
+    m = cluster_metrics(np.zeros(5, int), np.zeros(5, int), np.arange(1, 6), heights)
+    assert m.ordered_initial.tolist() == [2]
+    assert m.ordered_fraction.tolist() == [0.25]
+
+
+def test_metrics_mixed_cluster_and_singleton():
+    from wsjax.analysis.metrics import cluster_metrics
+    # Cluster 0: model 7 (epochs 1, 2, 3) and one snapshot of model 8; cluster 1: model 8 alone.
+    labels = np.array([0, 0, 0, 0, 1])
+    models = np.array([7, 8, 7, 7, 8])
+    epochs = np.array([1, 1, 3, 2, 2])
+    heights = np.array([9.0, 9.5, 1.0, 2.0, 0.5])
+    m = cluster_metrics(labels, models, epochs, heights)
+    assert m.dominant.tolist() == [7, 8]
+    np.testing.assert_allclose(m.purity, [0.75, 1.0])
+    assert m.mean_purity == pytest.approx(0.875)
+    assert m.overall_purity == pytest.approx(0.8)
+    assert m.ordered_initial.tolist() == [3, 1]  # model 7 by height: epochs 1, 2, 3
+    assert m.ordered_fraction[0] == 1.0 and np.isnan(m.ordered_fraction[1])
+    assert m.mean_ordered_fraction == 1.0  # the singleton has no pairs and is left out
+    assert m.mean_ordered_initial == 2.0
