@@ -97,3 +97,26 @@ def test_metrics_mixed_cluster_and_singleton():
     assert m.ordered_fraction[0] == 1.0 and np.isnan(m.ordered_fraction[1])
     assert m.mean_ordered_fraction == 1.0  # the singleton has no pairs and is left out
     assert m.mean_ordered_initial == 2.0
+
+
+def test_tables_end_to_end_on_a_tiny_zoo(tmp_path, capsys):
+    import json
+
+    from experiments.tables import main
+    from wsjax.cli import run_cli
+    from wsjax.zoo import ZooConfig, run_zoo
+
+    run = run_zoo(ZooConfig(arch="ffnn", dataset="digits", seeds=4, epochs=5), tmp_path / "z",
+                  progress=False, log=lambda *_: None)
+    assert run_cli(main, ["--run", str(run), "--ks", "10", "5", "99999", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "weight space" in out and "(1.000)" in out  # the paper's FFNN value is beside ours
+    table = json.loads((run / "tables.json").read_text())
+    assert [r["dims"] for r in table["rows"]][1:] == [10, 5]
+    assert any("skipped SVD 99999" in n for n in table["notes"])
+    assert table["n_snapshots"] == 4 * 5 and table["n_models"] == 4
+    for r in table["rows"]:
+        assert 0.0 < r["mean_purity"] <= 1.0 and 0.0 < r["overall_purity"] <= 1.0
+        assert 0 <= r["ordered_initial"] <= 5
+    assert (run / "tables.md").read_text().startswith("ffnn zoo: 4 models")
+    assert run_cli(main, ["--run", str(tmp_path / "missing")]) == 2
