@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from wsjax.analysis.tables import DEFAULT_KS, tables_markdown, zoo_tables
+from wsjax.analysis.tables import DEFAULT_KS, tables_markdown, zoo_tables_detail
 from wsjax.cli import ArgumentParser, run_cli
 from wsjax.errors import ConfigError
 from wsjax.store import atomic_write_bytes, atomic_write_json, load_zoo
@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--ks must be positive, got {args.ks}")
     zoos = [load_zoo(r) for r in args.run]  # fail on a bad directory before any long work
     for zoo in zoos:
-        t = zoo_tables(zoo, ks=args.ks, include_epoch0=args.include_epoch0,
-                       progress=not args.no_progress)
+        t = zoo_tables_detail(zoo, ks=args.ks, include_epoch0=args.include_epoch0,
+                              progress=not args.no_progress)
         md = tables_markdown(t)
         print(md)
         atomic_write_json(zoo.path / "tables.json", t)

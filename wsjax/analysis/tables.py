@@ -16,7 +16,7 @@ from wsjax.analysis.svd import fit_svd, project
 from wsjax.errors import ConfigError
 from wsjax.store import Zoo
 
-__all__ = ["PAPER_TABLES", "DEFAULT_KS", "zoo_tables", "tables_markdown"]
+__all__ = ["PAPER_TABLES", "DEFAULT_KS", "zoo_tables", "zoo_tables_detail", "tables_markdown"]
 
 DEFAULT_KS = (500, 100, 50, 25, 10, 5)
 
@@ -37,12 +37,18 @@ PAPER_TABLES = {
 def _paper_row(arch: str, space) -> dict:
     vals = PAPER_TABLES.get(arch, {}).get("rows", {}).get(space)
     keys = ("paper_purity", "paper_ordered_initial", "paper_ordered_fraction")
-    return dict(zip(keys, vals if vals else (None, None, None)))
+    return dict(zip(keys, vals if vals else (None, None, None), strict=True))
 
 
 def zoo_tables(zoo: Zoo, ks=DEFAULT_KS, include_epoch0: bool = False,
-               progress: bool = False) -> dict:
-    """Tables 2/3 for one zoo.
+               progress: bool = False) -> list[dict]:
+    """The rows of Table 2/3 for one zoo (flat dicts); see zoo_tables_detail for the rest."""
+    return zoo_tables_detail(zoo, ks, include_epoch0, progress)["rows"]
+
+
+def zoo_tables_detail(zoo: Zoo, ks=DEFAULT_KS, include_epoch0: bool = False,
+                      progress: bool = False) -> dict:
+    """Tables 2/3 for one zoo, with the data it was trained on, notes and per-cluster values.
 
     Args:
         zoo: a loaded zoo (snapshots [S, E+1, P]).
@@ -51,9 +57,10 @@ def zoo_tables(zoo: Zoo, ks=DEFAULT_KS, include_epoch0: bool = False,
         progress: show a tqdm bar over the spaces.
 
     Returns:
-        {"arch", "paper_table", "data", "members", "excluded", "epochs", "notes", "rows"}; each
-        row has space, dims, our mean/overall purity, ordered initial epochs, ordered fraction,
-        the paper's three values (None where the paper has none) and per-cluster arrays as lists.
+        {"arch", "paper_table", "data", "n_models", "n_snapshots", "excluded", "epochs", "notes",
+        "rows", "per_cluster"}. Each row has space, dims, our mean and overall purity, mean ordered
+        initial epochs and ordered fraction, and the paper's three values (None where the
+        paper has none); per_cluster maps each space to its per-cluster lists.
     """
     healthy = np.flatnonzero(zoo.healthy())
     notes = []
@@ -74,7 +81,7 @@ def zoo_tables(zoo: Zoo, ks=DEFAULT_KS, include_epoch0: bool = False,
     spaces: list = ["full"]
     for k in ks:
         if k >= p or k > x.shape[0]:
-            notes.append(f"SVD {k} skipped: k must be below the {p} parameters and at most "
+            notes.append(f"skipped SVD {k}: k must be below the {p} parameters and at most "
                          f"the {x.shape[0]} snapshots")
         else:
             spaces.append(int(k))
@@ -83,27 +90,30 @@ def zoo_tables(zoo: Zoo, ks=DEFAULT_KS, include_epoch0: bool = False,
     if progress:
         from tqdm import tqdm
         it = tqdm(spaces, desc="spaces", unit="space")
-    rows = []
+    rows, per_cluster = [], {}
     for space in it:
         xs = x if space == "full" else project(svd, space)
         z = single_linkage(xs)
         labels = cut(z, s)
         m = cluster_metrics(labels, model_ids, epoch_ids, merge_heights(z, x.shape[0]))
+        name = f"{p} (weight space)" if space == "full" else f"SVD {space}"
         rows.append({
-            "space": f"{p} (weight space)" if space == "full" else f"SVD {space}",
+            "space": name,
             "dims": p if space == "full" else space,
-            "purity": m.mean_purity, "overall_purity": m.overall_purity,
+            "mean_purity": m.mean_purity, "overall_purity": m.overall_purity,
             "ordered_initial": m.mean_ordered_initial,
             "ordered_fraction": m.mean_ordered_fraction,
-            **_paper_row(zoo.arch, space),
-            "per_cluster": {"dominant": m.dominant.tolist(), "size": m.size.tolist(),
-                            "purity": m.purity.tolist(),
-                            "ordered_initial": m.ordered_initial.tolist(),
-                            "ordered_fraction": [None if np.isnan(v) else float(v)
-                                                 for v in m.ordered_fraction]}})
+            **_paper_row(zoo.arch, space)})
+        per_cluster[name] = {"dominant": m.dominant.tolist(), "size": m.size.tolist(),
+                             "purity": m.purity.tolist(),
+                             "ordered_initial": m.ordered_initial.tolist(),
+                             "ordered_fraction": [None if np.isnan(v) else float(v)
+                                                  for v in m.ordered_fraction]}
     return {"arch": zoo.arch, "paper_table": PAPER_TABLES.get(zoo.arch, {}).get("table"),
-            "data": zoo.config.get("data", {}), "members": int(s), "excluded": excluded,
-            "epochs": [int(epochs[0]), int(epochs[-1])], "notes": notes, "rows": rows}
+            "data": zoo.config.get("data", {}), "n_models": int(s), "n_snapshots": int(s * e),
+            "excluded": excluded,
+            "epochs": [int(epochs[0]), int(epochs[-1])], "notes": notes, "rows": rows,
+            "per_cluster": per_cluster}
 
 
 def _fmt(v) -> str:
@@ -113,18 +123,19 @@ def _fmt(v) -> str:
 def tables_markdown(t: dict) -> str:
     """One zoo's table as markdown, ours beside the paper's (paper values in parentheses)."""
     d = t.get("data", {})
-    lines = [f"### {t['arch'].upper()} zoo (paper {t['paper_table'] or 'has no such table'})",
+    lines = [f"{t['arch']} zoo: {t['n_models']} models, {t['n_snapshots']} snapshots (epochs "
+             f"{t['epochs'][0]}-{t['epochs'][1]}), cut into {t['n_models']} clusters; compared "
+             f"with the paper's {t['paper_table'] or '(no table for this architecture)'}.",
              "",
              f"Trained on {d.get('name', '?')} ({d.get('source', '?')}, {d.get('n_train', '?')} "
-             f"training images); {t['members']} members, snapshots of epochs "
-             f"{t['epochs'][0]}-{t['epochs'][1]}, cut into {t['members']} clusters.",
+             "training images).",
              "",
              "| space | cluster purity (paper) | overall purity | # ordered initial epochs "
              "(paper) | % ordered epochs (paper) |",
              "| --- | --- | --- | --- | --- |"]
     for r in t["rows"]:
         lines.append(
-            f"| {r['space']} | {_fmt(r['purity'])} ({_fmt(r['paper_purity'])}) | "
+            f"| {r['space']} | {_fmt(r['mean_purity'])} ({_fmt(r['paper_purity'])}) | "
             f"{_fmt(r['overall_purity'])} | {_fmt(r['ordered_initial'])} "
             f"({_fmt(r['paper_ordered_initial'])}) | {_fmt(r['ordered_fraction'])} "
             f"({_fmt(r['paper_ordered_fraction'])}) |")
