@@ -1,0 +1,178 @@
+"""Version control from weights: identify a checkpoint's model and epoch, order a lineage."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from wsjax.errors import ConfigError, WsjaxError
+from wsjax.identify import (
+    DimensionMismatchError,
+    build_index,
+    identify,
+    load_index,
+    order_agreement,
+    order_checkpoints,
+    save_index,
+)
+from wsjax.store import load_zoo
+from wsjax.zoo import ZooConfig, run_zoo
+
+SEEDS, EPOCHS, EXTRA = 6, 8, 2
+
+
+@pytest.fixture(scope="module")
+def zoos(tmp_path_factory):
+    """A digits FFNN zoo (seeds 0-5, 8 epochs), a longer run of seeds 0-1 (10 epochs) and two
+    unseen seeds (100-101); same keys, so the longer run continues the zoo exactly."""
+    base = tmp_path_factory.mktemp("vc")
+    quiet = dict(progress=False, log=lambda *_: None)
+    run_zoo(ZooConfig(arch="ffnn", dataset="digits", seeds=SEEDS, epochs=EPOCHS), base / "a",
+            **quiet)
+    run_zoo(ZooConfig(arch="ffnn", dataset="digits", seeds=2, epochs=EPOCHS + EXTRA),
+            base / "long", **quiet)
+    run_zoo(ZooConfig(arch="ffnn", dataset="digits", seeds=2, seed_start=100, epochs=EPOCHS),
+            base / "new", **quiet)
+    return base, load_zoo(base / "a"), load_zoo(base / "long"), load_zoo(base / "new")
+
+
+def _even_index(zoo, svd=None):
+    ep = np.arange(0, EPOCHS + 1, 2)
+    x = np.asarray(zoo.snapshots[:, ep]).reshape(-1, zoo.snapshots.shape[-1])
+    m = np.repeat(np.arange(SEEDS), len(ep))
+    return build_index(x, m, np.tile(ep, SEEDS), [f"seed{s}" for s in zoo.seeds], svd=svd)
+
+
+@pytest.mark.parametrize("svd", [None, 10])
+def test_held_out_odd_epochs_identified(zoos, svd):
+    _, zoo, _, _ = zoos
+    index = _even_index(zoo, svd)
+    odd = np.arange(1, EPOCHS, 2)
+    res = identify(index, np.asarray(zoo.snapshots[:, odd]).reshape(-1, zoo.snapshots.shape[-1]))
+    truth = [f"seed{s}" for s in np.repeat(zoo.seeds, len(odd))]
+    assert [r.model for r in res] == truth
+    err = np.abs(np.array([r.epoch for r in res]) - np.tile(odd, SEEDS))
+    assert err.mean() < 1.0
+    assert all(r.segment[0] < r.epoch < r.segment[1] or abs(r.epoch - r.nearest_epoch) < 1
+               for r in res)
+
+
+def test_continued_training_is_flagged_beyond_end(zoos):
+    _, zoo, long, _ = zoos
+    np.testing.assert_array_equal(long.snapshots[:, :EPOCHS + 1], zoo.snapshots[:2])
+    index = build_index(np.asarray(zoo.snapshots).reshape(-1, zoo.snapshots.shape[-1]),
+                        np.repeat(np.arange(SEEDS), EPOCHS + 1), np.tile(np.arange(EPOCHS + 1),
+                                                                        SEEDS))
+    res = identify(index, np.asarray(long.snapshots[:, -1]))
+    assert [r.model for r in res] == ["0", "1"]
+    assert all(r.beyond_end and r.epoch > EPOCHS for r in res)
+
+
+def test_unseen_seed_is_unknown(zoos):
+    _, zoo, _, new = zoos
+    index = _even_index(zoo)
+    res = identify(index, np.asarray(new.snapshots[:, 1:]).reshape(-1, new.snapshots.shape[-1]))
+    assert all(r.unknown and r.model is None for r in res)
+    assert identify(index, new.snapshots[0, 3], threshold=1e9)[0].model is not None
+
+
+def test_dimension_mismatch_is_refused(zoos):
+    _, zoo, _, _ = zoos
+    index = _even_index(zoo)
+    with pytest.raises(DimensionMismatchError, match="1376 weights.*2160") as e:
+        identify(index, np.zeros(1376))
+    assert isinstance(e.value, ValueError) and isinstance(e.value, WsjaxError)
+
+
+def test_segment_projection_hand_case():
+    pts = np.array([[0.0, 0.0], [2.0, 0.0], [2.0, 2.0], [10.0, 10.0], [10.0, 12.0]])
+    index = build_index(pts, [0, 0, 0, 1, 1], [0, 1, 2, 0, 1], threshold=5.0)
+    r = identify(index, np.array([[0.5, 0.1], [2.0, 3.0], [10.0, 20.0]]))
+    assert r[0].model == "0" and r[0].epoch == pytest.approx(0.25) and r[0].segment == (0, 1)
+    assert r[0].distance == pytest.approx(0.1)
+    assert r[1].beyond_end and r[1].epoch == pytest.approx(2.5) and r[1].distance == 1.0
+    assert r[2].unknown and r[2].nearest_model == "1" and r[2].distance == pytest.approx(8.0)
+    d_other = np.hypot(0.5 - 10, 0.1 - 10)
+    assert r[0].confidence == pytest.approx(1 - 0.1 / d_other)
+
+
+def test_save_load_roundtrip(zoos, tmp_path):
+    _, zoo, _, _ = zoos
+    index = _even_index(zoo, svd=5)
+    load = load_index(save_index(index, tmp_path / "idx"))
+    np.testing.assert_array_equal(load.points, index.points)
+    np.testing.assert_array_equal(load.basis, index.basis)
+    assert load.threshold == index.threshold and load.labels == index.labels
+    with pytest.raises(ConfigError, match="not an index"):
+        load_index(tmp_path)
+
+
+def test_merge_rule_hand_case():
+    """Merge height = nearest-neighbour distance; steps 4, 2, 1 from a to d."""
+    x = np.array([[0.0], [4.0], [6.0], [7.0]])
+    perm = np.array([2, 0, 3, 1])
+    order = order_checkpoints(x[perm], "merge")
+    nn = np.array([4.0, 2.0, 1.0, 1.0])[perm]
+    np.testing.assert_array_equal(order, np.argsort(-nn, kind="stable"))
+    assert perm[order].tolist()[:2] == [0, 1]
+
+
+def test_kurtosis_rule_matches_scipy():
+    x = np.random.default_rng(0).standard_t(5, size=(6, 500))
+    k = scipy.stats.kurtosis(x, axis=1)
+    assert order_checkpoints(x, "kurtosis").tolist() == np.argsort(k).tolist()
+
+
+def test_order_recovers_trajectory_better_than_chance(zoos):
+    _, zoo, _, _ = zoos
+    rng = np.random.default_rng(0)
+    taus = []
+    for s in range(SEEDS):
+        perm = rng.permutation(EPOCHS + 1)
+        order = order_checkpoints(np.asarray(zoo.snapshots[s, perm]), "endpoint")
+        taus.append(order_agreement(order, perm)["kendall_tau"])
+    assert np.mean(taus) > 0.8
+
+
+def test_order_agreement_reference():
+    order = np.array([0, 2, 1, 3])
+    a = order_agreement(order, np.array([0, 1, 2, 3]))
+    assert a["kendall_tau"] == pytest.approx(scipy.stats.kendalltau([0, 1, 2, 3], [0, 2, 1, 3])[0])
+    assert a["adjacent"] == pytest.approx(0.0)  # 0->2, 2->1 (backwards), 1->3
+    assert order_agreement(np.arange(4), np.arange(4))["adjacent"] == 1.0
+    with pytest.raises(ConfigError, match="unknown order method"):
+        order_checkpoints(np.zeros((3, 2)), "nope")
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "wsjax", *map(str, args)],
+                          capture_output=True, text=True)
+
+
+def test_cli_index_identify_order_json(zoos, tmp_path):
+    base, zoo, long, _ = zoos
+    p = _cli("index", "--run", base / "a", "--svd", "8", "--out", tmp_path / "idx")
+    assert p.returncode == 0, p.stderr
+    np.save(tmp_path / "c.npy", np.asarray(zoo.snapshots[2, 3]))
+    np.save(tmp_path / "many.npy", np.asarray(long.snapshots[0, [4, 9]]))
+    p = _cli("identify", "--index", tmp_path / "idx", tmp_path / "c.npy", tmp_path / "many.npy",
+             "--json")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert [o["model"] for o in out] == ["a:seed2", "a:seed0", "a:seed0"]
+    assert out[2]["beyond_end"] and not out[1]["beyond_end"]
+    p = _cli("identify", "--index", tmp_path / "idx", tmp_path / "c.npy")
+    assert p.returncode == 0 and "a:seed2" in p.stdout
+    np.save(tmp_path / "traj.npy", np.asarray(zoo.snapshots[1, [3, 0, 5, 1]]))
+    p = _cli("order", tmp_path / "traj.npy", "--json")
+    assert p.returncode == 0, p.stderr
+    assert len(json.loads(p.stdout)["indices"]) == 4
+    np.save(tmp_path / "cnn.npy", np.zeros(1376))
+    p = _cli("identify", "--index", tmp_path / "idx", tmp_path / "cnn.npy")
+    assert p.returncode == 2 and p.stderr.startswith("error: ") and "1376" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1

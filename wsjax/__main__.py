@@ -1,0 +1,87 @@
+"""`python -m wsjax index|identify|order`: version control from weights on the command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+
+from wsjax.cli import ArgumentParser, run_cli
+from wsjax.errors import ConfigError
+
+
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m wsjax", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    ix = sub.add_parser("index", help="index the trajectories of zoo runs")
+    ix.add_argument("--run", action="append", required=True, help="zoo run directory (repeat)")
+    ix.add_argument("--svd", type=int, default=None, help="store a rank-K SVD space")
+    ix.add_argument("--epochs", default=None, help="comma list of epochs to index (default all)")
+    ix.add_argument("--factor", type=float, default=1.0,
+                    help="unknown threshold = factor * sqrt(own quantile * nearest other)")
+    ix.add_argument("--quantile", type=float, default=1.0)
+    ix.add_argument("--out", required=True)
+    idf = sub.add_parser("identify", help="name the model and epoch of checkpoints")
+    idf.add_argument("--index", required=True)
+    idf.add_argument("--threshold", type=float, default=None, help="override the unknown cutoff")
+    idf.add_argument("--json", action="store_true")
+    idf.add_argument("checkpoints", nargs="+", help=".npy [P] or [n, P], or .npz of params")
+    od = sub.add_parser("order", help="reconstruct the order of one lineage's checkpoints")
+    od.add_argument("--method", default="endpoint", choices=["endpoint", "merge", "kurtosis"])
+    od.add_argument("--json", action="store_true")
+    od.add_argument("checkpoints", nargs="+")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from wsjax import identify as vc
+
+    args = _parser().parse_args(argv)
+    if args.command == "index":
+        epochs = None if args.epochs is None else [int(e) for e in args.epochs.split(",")]
+        index = vc.index_from_zoos(args.run, epochs=epochs, svd=args.svd, factor=args.factor,
+                                   quantile=args.quantile)
+        vc.save_index(index, args.out)
+        print(f"indexed {len(index.labels)} trajectories, {len(index.points)} snapshots, "
+              f"threshold {index.threshold:.4g} -> {args.out}")
+        return 0
+    names, xs = [], []
+    for path in args.checkpoints:
+        x = vc.load_checkpoints(path)
+        xs.append(x)
+        names += [path] if len(x) == 1 else [f"{path}[{i}]" for i in range(len(x))]
+    if len({x.shape[1] for x in xs}) > 1:
+        raise vc.DimensionMismatchError("checkpoints of different sizes (architectures) given")
+    x = np.concatenate(xs)
+    if args.command == "identify":
+        index = vc.load_index(args.index)
+        res = vc.identify(index, x, threshold=args.threshold)
+        if args.json:
+            rows = [dict(checkpoint=n, **r.to_json()) for n, r in zip(names, res, strict=True)]
+            print(json.dumps(rows, indent=2))
+            return 0
+        print(f"{'checkpoint':30s} {'model':22s} {'epoch':>7s} {'between':>11s} "
+              f"{'distance':>10s} {'conf':>5s}  flags")
+        for n, r in zip(names, res, strict=True):
+            flags = ("unknown " if r.unknown else "") + ("beyond-end" if r.beyond_end else "")
+            print(f"{n[-30:]:30s} {(r.model or '?'):22s} {r.epoch:7.2f} "
+                  f"{r.segment[0]:5.0f}-{r.segment[1]:<5.0f} {r.distance:10.4g} "
+                  f"{r.confidence:5.2f}  {flags}")
+        return 0
+    if args.command == "order":
+        if len(x) < 2:
+            raise ConfigError("order needs at least two checkpoints")
+        order = vc.order_checkpoints(x, args.method)
+        if args.json:
+            print(json.dumps(dict(method=args.method, order=[names[i] for i in order],
+                                  indices=order.tolist()), indent=2))
+        else:
+            for rank, i in enumerate(order):
+                print(f"{rank:4d}  {names[i]}")
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,342 @@
+"""Version control from weights: which model and epoch a checkpoint is, and checkpoint order.
+
+An index holds known trajectories (each model's snapshots in epoch order), optionally in a
+truncated-SVD space (no centering) fitted on them. `identify` projects a checkpoint onto every
+trajectory's segments, names the nearest trajectory and a fractional epoch, and answers
+"unknown" when the distance exceeds a threshold calibrated on the index itself: the
+leave-one-epoch-out distances of known snapshots to their own trajectory (every snapshot but
+each model's first), times a safety factor. `order` reconstructs the order of one lineage's
+checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.stats
+
+from wsjax.errors import ConfigError, DataError
+from wsjax.store import atomic_save_npz, atomic_write_json, read_json
+
+__all__ = ["TrajectoryIndex", "Identification", "DimensionMismatchError", "build_index",
+           "index_from_zoos", "save_index", "load_index", "identify", "order_checkpoints",
+           "order_agreement", "ORDER_METHODS", "load_checkpoints"]
+
+ORDER_METHODS = ("endpoint", "merge", "kurtosis")
+
+
+class DimensionMismatchError(ConfigError):
+    """A checkpoint's length is not the index's weight-space dimension (another architecture)."""
+
+
+@dataclass(frozen=True)
+class TrajectoryIndex:
+    """Known trajectories.
+
+    Attributes:
+        points: float64 [N, D] snapshots in index space (D = P, or k with an SVD basis).
+        model: int [N] trajectory id per point, 0..M-1.
+        epoch: float [N] epoch per point.
+        labels: M trajectory names.
+        num_params: P, the weight-space dimension checkpoints must have.
+        basis: float64 [k, P] SVD right singular vectors, or None (full space).
+        threshold: distance above which a checkpoint is "unknown".
+        calibration: how the threshold was set (JSON-able).
+    """
+
+    points: np.ndarray
+    model: np.ndarray
+    epoch: np.ndarray
+    labels: tuple[str, ...]
+    num_params: int
+    basis: np.ndarray | None
+    threshold: float
+    calibration: dict
+
+    def project(self, x: np.ndarray) -> np.ndarray:
+        """[n, P] -> [n, D]; refuses another dimension with DimensionMismatchError."""
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim == 1:
+            x = x[None]
+        if x.ndim != 2 or x.shape[1] != self.num_params:
+            raise DimensionMismatchError(
+                f"checkpoint has {x.shape[-1]} weights but the index holds "
+                f"{self.num_params}-weight models (a different architecture); "
+                "build an index from a zoo of this architecture")
+        return x if self.basis is None else x @ self.basis.T
+
+    def trajectory(self, m: int) -> tuple[np.ndarray, np.ndarray]:
+        """Points [T, D] and epochs [T] of trajectory m, in epoch order."""
+        sel = np.flatnonzero(self.model == m)
+        sel = sel[np.argsort(self.epoch[sel], kind="stable")]
+        return self.points[sel], self.epoch[sel]
+
+
+@dataclass(frozen=True)
+class Identification:
+    """The answer for one checkpoint (see `identify`)."""
+
+    model: str | None
+    nearest_model: str
+    epoch: float
+    segment: tuple[float, float]
+    nearest_epoch: float
+    distance: float
+    second_model: str | None
+    second_distance: float
+    confidence: float
+    unknown: bool
+    beyond_end: bool
+
+    def to_json(self) -> dict:
+        d = dict(self.__dict__)
+        d["segment"] = list(self.segment)
+        return d
+
+
+def _segment_distance(q: np.ndarray, pts: np.ndarray, eps: np.ndarray):
+    """Distance of q [D] to the polyline pts [T, D]; returns (dist, frac epoch, seg, beyond)."""
+    if len(pts) == 1:
+        return float(np.linalg.norm(q - pts[0])), float(eps[0]), (eps[0], eps[0]), False
+    a, b = pts[:-1], pts[1:]
+    ab = b - a
+    denom = np.maximum((ab * ab).sum(1), 1e-300)
+    t_raw = ((q - a) * ab).sum(1) / denom
+    t = np.clip(t_raw, 0.0, 1.0)
+    d = np.linalg.norm(a + t[:, None] * ab - q, axis=1)
+    j = int(np.argmin(d))
+    e0, e1 = float(eps[j]), float(eps[j + 1])
+    beyond = j == len(a) - 1 and t_raw[j] > 1.0
+    frac = e0 + (t_raw[j] if beyond else t[j]) * (e1 - e0)
+    return float(d[j]), float(frac), (e0, e1), bool(beyond)
+
+
+def _loo_distances(points: np.ndarray, model: np.ndarray, epoch: np.ndarray) -> np.ndarray:
+    """Each snapshot's distance to its own trajectory without it (each model's first skipped)."""
+    out = []
+    for m in np.unique(model):
+        sel = np.flatnonzero(model == m)
+        sel = sel[np.argsort(epoch[sel], kind="stable")]
+        for i in range(1, len(sel)):
+            rest = np.delete(sel, i)
+            out.append(_segment_distance(points[sel[i]], points[rest], epoch[rest])[0])
+    return np.asarray(out)
+
+
+def _other_distances(points: np.ndarray, model: np.ndarray, epoch: np.ndarray) -> np.ndarray:
+    """Each snapshot's distance to the nearest OTHER trajectory (each model's first skipped)."""
+    trajs = {}
+    for m in np.unique(model):
+        sel = np.flatnonzero(model == m)
+        sel = sel[np.argsort(epoch[sel], kind="stable")]
+        trajs[m] = sel
+    out = []
+    for m, sel in trajs.items():
+        for i in sel[1:]:
+            out.append(min(_segment_distance(points[i], points[o], epoch[o])[0]
+                           for k, o in trajs.items() if k != m))
+    return np.asarray(out)
+
+
+def build_index(snapshots: np.ndarray, model: np.ndarray, epoch: np.ndarray,
+                labels: list[str] | None = None, svd: int | None = None,
+                threshold: float | None = None, factor: float = 1.0,
+                quantile: float = 1.0) -> TrajectoryIndex:
+    """Builds an index from snapshots [N, P] with trajectory ids model [N] and epochs [N].
+
+    The unknown threshold (unless `threshold` is given) is calibrated on the index itself:
+    own = quantile(leave-one-epoch-out distance of each snapshot to its own trajectory),
+    other = min(distance of each snapshot to the nearest other trajectory), and
+    threshold = factor * sqrt(own * other), the geometric midpoint between how far a member can
+    stray from its own trajectory and how close a different model comes (with one trajectory:
+    factor * 2 * own). `svd=k` stores the points in a rank-k truncated SVD (no centering).
+    """
+    x = np.asarray(snapshots, dtype=np.float64)
+    model = np.asarray(model)
+    epoch = np.asarray(epoch, dtype=np.float64)
+    if x.ndim != 2 or model.shape != (len(x),) or epoch.shape != (len(x),):
+        raise ConfigError("build_index needs snapshots [N, P], model [N] and epoch [N]")
+    uniq, model = np.unique(model, return_inverse=True)
+    labels = tuple(labels) if labels is not None else tuple(str(u) for u in uniq)
+    if len(labels) != len(uniq):
+        raise ConfigError(f"{len(labels)} labels for {len(uniq)} trajectories")
+    basis = None
+    if svd is not None:
+        if not 1 <= svd <= min(x.shape):
+            raise ConfigError(f"--svd {svd} must be between 1 and {min(x.shape)}")
+        basis = np.linalg.svd(x, full_matrices=False)[2][:svd]
+        points = x @ basis.T
+    else:
+        points = x
+    loo = _loo_distances(points, model, epoch)
+    other = _other_distances(points, model, epoch) if len(uniq) > 1 else np.zeros(0)
+    own = float(np.quantile(loo, quantile)) if len(loo) else None
+    nearest_other = float(other.min()) if len(other) else None
+    if threshold is None:
+        if own is None:
+            raise ConfigError("cannot calibrate a threshold: every trajectory has one snapshot")
+        mid = 2 * own if nearest_other is None else float(np.sqrt(own * nearest_other))
+        threshold = factor * mid
+    calibration = dict(factor=factor, quantile=quantile, own=own, nearest_other=nearest_other,
+                       loo_median=float(np.median(loo)) if len(loo) else None,
+                       other_median=float(np.median(other)) if len(other) else None)
+    return TrajectoryIndex(points, model.astype(np.int64), epoch, labels, x.shape[1], basis,
+                           float(threshold), calibration)
+
+
+def index_from_zoos(run_dirs: list[str | os.PathLike], epochs: list[int] | None = None,
+                    svd: int | None = None, **kw) -> TrajectoryIndex:
+    """An index of every healthy member of the zoos in `run_dirs` (epochs: which to keep)."""
+    from wsjax.store import load_zoo
+
+    xs, ms, es, labels = [], [], [], []
+    for r in run_dirs:
+        zoo = load_zoo(r)
+        keep = np.arange(zoo.snapshots.shape[1]) if epochs is None else np.asarray(epochs)
+        for s in np.flatnonzero(zoo.healthy()):
+            xs.append(np.asarray(zoo.snapshots[s, keep]))
+            ms.append(np.full(len(keep), len(labels)))
+            es.append(keep)
+            labels.append(f"{Path(r).name}:seed{int(zoo.seeds[s])}")
+    if not xs:
+        raise ConfigError("no healthy members in the given runs")
+    if len({x.shape[1] for x in xs}) > 1:
+        raise DimensionMismatchError("the runs hold different architectures; index them apart")
+    return build_index(np.concatenate(xs), np.concatenate(ms), np.concatenate(es), labels,
+                       svd=svd, **kw)
+
+
+def save_index(index: TrajectoryIndex, out: str | os.PathLike) -> Path:
+    """Writes DIR/index.npz and DIR/index.json atomically; returns DIR."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    arrays = dict(points=index.points, model=index.model, epoch=index.epoch)
+    if index.basis is not None:
+        arrays["basis"] = index.basis
+    atomic_save_npz(out / "index.npz", **arrays)
+    atomic_write_json(out / "index.json", dict(
+        format=1, labels=list(index.labels), num_params=index.num_params,
+        threshold=index.threshold, calibration=index.calibration,
+        svd=None if index.basis is None else int(index.basis.shape[0])))
+    return out
+
+
+def load_index(path: str | os.PathLike) -> TrajectoryIndex:
+    """Reads an index written by `save_index`."""
+    path = Path(path)
+    if not (path / "index.json").is_file() or not (path / "index.npz").is_file():
+        raise ConfigError(f"{path}: not an index; build one with `python -m wsjax index`")
+    meta = read_json(path / "index.json")
+    with np.load(path / "index.npz", allow_pickle=False) as z:
+        basis = z["basis"] if "basis" in z.files else None
+        return TrajectoryIndex(z["points"], z["model"], z["epoch"], tuple(meta["labels"]),
+                               int(meta["num_params"]), basis, float(meta["threshold"]),
+                               meta["calibration"])
+
+
+def identify(index: TrajectoryIndex, checkpoints: np.ndarray,
+             threshold: float | None = None) -> list[Identification]:
+    """Identifies checkpoints [P] or [n, P]: trajectory, fractional epoch, distances, confidence.
+
+    confidence = 1 - d_best / d_second (0: a tie, 1: on the trajectory, nothing else near).
+    """
+    q = index.project(checkpoints)
+    thr = index.threshold if threshold is None else float(threshold)
+    trajs = [index.trajectory(m) for m in range(len(index.labels))]
+    out = []
+    for row in q:
+        res = [_segment_distance(row, p, e) for p, e in trajs]
+        d = np.array([r[0] for r in res])
+        rank = np.argsort(d, kind="stable")
+        b = int(rank[0])
+        s = int(rank[1]) if len(rank) > 1 else None
+        dist, frac, seg, beyond = res[b]
+        d2 = float(d[s]) if s is not None else float("inf")
+        conf = 1.0 - dist / d2 if d2 > 0 else 0.0
+        pts, eps = trajs[b]
+        near = float(eps[int(np.argmin(np.linalg.norm(pts - row, axis=1)))])
+        unknown = dist > thr
+        out.append(Identification(
+            None if unknown else index.labels[b], index.labels[b], frac, seg, near, dist,
+            None if s is None else index.labels[s], d2, float(conf), bool(unknown),
+            bool(beyond)))
+    return out
+
+
+def load_checkpoints(path: str | os.PathLike) -> np.ndarray:
+    """A .npy of [P] or [n, P] weights, or an .npz of a params pytree's leaves -> [n, P].
+
+    The .npz leaves are concatenated (raveled) in the sorted order of their names, which is the
+    order `wsjax.params.flatten_params` uses for a Flax params dict saved with its flat keys.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: checkpoint file not found")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                x = np.concatenate([np.ravel(z[k]) for k in sorted(z.files)])
+        else:
+            x = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: not a readable .npy/.npz weight file ({e})") from None
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[None]
+    if x.ndim != 2:
+        raise DataError(f"{path}: weights must be [P] or [n, P], got shape {x.shape}")
+    return x
+
+
+def order_checkpoints(x: np.ndarray, method: str = "endpoint") -> np.ndarray:
+    """Reconstructed order (indices, earliest first) of one lineage's checkpoints x [n, P].
+
+    merge: the paper's rule, decreasing merge height (= nearest-neighbour distance in the set).
+    kurtosis: increasing excess kurtosis of the weights (MoTHer's direction rule).
+    endpoint (ours): the two farthest-apart checkpoints are the ends; the end whose nearest
+    neighbour is farther is the start (early steps are large); order by distance from it.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or len(x) < 1:
+        raise ConfigError("order needs checkpoints [n, P]")
+    if method == "kurtosis":
+        return np.argsort(scipy.stats.kurtosis(x, axis=1), kind="stable")
+    sq = (x * x).sum(1)
+    d = np.sqrt(np.maximum(sq[:, None] + sq[None] - 2 * x @ x.T, 0.0))
+    np.fill_diagonal(d, np.inf)
+    nn = d.min(1) if len(x) > 1 else np.zeros(1)
+    if method == "merge":
+        return np.argsort(-nn, kind="stable")
+    if method != "endpoint":
+        raise ConfigError(
+            f"unknown order method {method!r}; choose from {', '.join(ORDER_METHODS)}")
+    if len(x) < 2:
+        return np.zeros(1, dtype=np.int64)
+    np.fill_diagonal(d, 0.0)
+    i, j = np.unravel_index(np.argmax(d), d.shape)
+    start = i if nn[i] >= nn[j] else j
+    return np.argsort(d[start], kind="stable")
+
+
+def order_agreement(order: np.ndarray, true_position: np.ndarray) -> dict:
+    """Agreement of a reconstructed order with the true positions [n] of the checkpoints.
+
+    kendall_tau / spearman: rank correlation of reconstructed vs true position (scipy.stats);
+    adjacent: fraction of adjacent pairs in the order that are consecutive, in the right direction.
+    """
+    order = np.asarray(order)
+    truth = np.asarray(true_position)[order]
+    rank_true = np.argsort(np.argsort(truth, kind="stable"), kind="stable")
+    pos = np.arange(len(order))
+    tau = scipy.stats.kendalltau(pos, truth).statistic if len(order) > 1 else 1.0
+    rho = scipy.stats.spearmanr(pos, truth).statistic if len(order) > 1 else 1.0
+    adj = float(np.mean(np.diff(rank_true) == 1)) if len(order) > 1 else 1.0
+    return dict(kendall_tau=float(tau), spearman=float(rho), adjacent=adj)
+
+
+def to_json_text(obj) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True)
