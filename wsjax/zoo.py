@@ -124,7 +124,7 @@ def _split_chunks(members: int, chunk: int) -> list[tuple[np.ndarray, np.ndarray
 
 def run_zoo(config: ZooConfig, out_dir: str | Path, dataset: Dataset | None = None,
             data_dir: str | None = None, progress: bool = True, log=print,
-            stop_after_epoch: int | None = None) -> Path:
+            stop_after_epoch: int | None = None, mesh=None) -> Path:
     """Trains (or resumes, or finds complete) the zoo described by `config` in `out_dir`.
 
     Args:
@@ -135,6 +135,8 @@ def run_zoo(config: ZooConfig, out_dir: str | Path, dataset: Dataset | None = No
         progress: show a tqdm bar.
         log: where one-line messages go.
         stop_after_epoch: stop (incomplete, resumable) once this epoch is saved; for tests.
+        mesh: a 1-D `jax.sharding.Mesh` over "seeds" (wsjax.sharding.seed_mesh): each chunk's
+            members are split over its devices; chunks are padded to a multiple of its size.
 
     Returns:
         out_dir as a Path.
@@ -180,6 +182,8 @@ def run_zoo(config: ZooConfig, out_dir: str | Path, dataset: Dataset | None = No
     x_te, y_te = jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)
     hp_all = trainer.broadcast_hparams(config.hparams(), members)
     chunk = min(config.chunk or members, members)
+    if mesh is not None:
+        chunk = -(-chunk // mesh.size) * mesh.size
     chunks = _split_chunks(members, chunk)
     hps = [jax.tree.map(lambda v, p=pad: v[p], hp_all) for _, pad in chunks]
     states = [trainer.init(keys[pad], hp, x_tr) for (_, pad), hp in zip(chunks, hps, strict=True)]
@@ -215,6 +219,12 @@ def run_zoo(config: ZooConfig, out_dir: str | Path, dataset: Dataset | None = No
             metrics["test_accuracy"][idx, 0] = np.asarray(acc)[: len(idx)]
             metrics["test_loss"][idx, 0] = np.asarray(tl)[: len(idx)]
         snapshots.flush()
+    if mesh is not None:
+        from wsjax.sharding import shard_members
+
+        states = [shard_members(s, mesh) for s in states]
+        hps = [shard_members(h, mesh) for h in hps]
+        x_tr, y_tr, x_te, y_te = shard_members((x_tr, y_tr, x_te, y_te), mesh, replicate=True)
 
     from tqdm.auto import tqdm
 
