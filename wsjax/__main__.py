@@ -28,7 +28,7 @@ def _parser() -> ArgumentParser:
     idf.add_argument("--json", action="store_true")
     idf.add_argument("checkpoints", nargs="+", help=".npy [P] or [n, P], or .npz of params")
     od = sub.add_parser("order", help="reconstruct the order of one lineage's checkpoints")
-    od.add_argument("--method", default="endpoint", choices=["endpoint", "merge", "kurtosis"])
+    od.add_argument("--method", default="merge", choices=["endpoint", "merge", "kurtosis"])
     od.add_argument("--json", action="store_true")
     od.add_argument("checkpoints", nargs="+")
     return p

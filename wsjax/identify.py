@@ -292,7 +292,7 @@ def load_checkpoints(path: str | os.PathLike) -> np.ndarray:
     return x
 
 
-def order_checkpoints(x: np.ndarray, method: str = "endpoint") -> np.ndarray:
+def order_checkpoints(x: np.ndarray, method: str = "merge") -> np.ndarray:
     """Reconstructed order (indices, earliest first) of one lineage's checkpoints x [n, P].
 
     merge: the paper's rule, decreasing merge height (= nearest-neighbour distance in the set).
