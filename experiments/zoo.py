@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 
 from wsjax.cli import ArgumentParser, run_cli
+from wsjax.errors import ConfigError
 from wsjax.models import ARCHS
 from wsjax.train import LOSSES
 from wsjax.zoo import ZooConfig, run_zoo
@@ -37,6 +38,13 @@ def build_parser() -> ArgumentParser:
                    help="train at most N seeds at once (less memory, same results)")
     p.add_argument("--out", default=None, help="run directory (default runs/<arch>-<dataset>)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--devices", type=int, default=None,
+                   help="shard the seeds over this many local devices (0: all); default one")
+    p.add_argument("--coordinator", default=None,
+                   help="multi-host: HOST:PORT of process 0 (jax.distributed); each process "
+                        "writes its own shard of --out")
+    p.add_argument("--num-processes", type=int, default=None)
+    p.add_argument("--process-id", type=int, default=None)
     return p
 
 
@@ -47,7 +55,25 @@ def main(argv: list[str] | None = None) -> int:
                        learning_rate=args.lr, weight_decay=args.weight_decay,
                        momentum=args.momentum, batch_size=args.batch_size, chunk=args.chunk)
     out = args.out or f"runs/{args.arch}-{args.dataset}"
-    run_zoo(config, out, data_dir=args.data_dir, progress=not args.no_progress)
+    if args.coordinator is not None:
+        from wsjax.sharding import initialize_distributed, run_zoo_sharded
+
+        if args.num_processes is None or args.process_id is None:
+            raise ConfigError("--coordinator needs --num-processes and --process-id")
+        initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+        run_zoo_sharded(config, out, data_dir=args.data_dir, progress=not args.no_progress)
+        return 0
+    mesh = None
+    if args.devices is not None:
+        import jax
+
+        from wsjax.sharding import seed_mesh
+
+        local = jax.local_devices()
+        if not 0 <= args.devices <= len(local):
+            raise ConfigError(f"--devices must be 0..{len(local)} (0: all local devices)")
+        mesh = seed_mesh(local[: args.devices or len(local)])
+    run_zoo(config, out, data_dir=args.data_dir, progress=not args.no_progress, mesh=mesh)
     return 0
 
 

@@ -107,8 +107,20 @@ def test_two_processes_equal_one_process(tmp_path, reference):
     assert (out / "shards" / "process-00001" / "snapshots.npy").is_file()
     zoo = load_sharded_zoo(out)
     _assert_same_zoo(zoo, reference)
+    _assert_same_zoo(load_zoo(out), reference)  # load_zoo recognises a sharded run
     assert zoo.config["config"]["seeds"] == SEEDS
 
     (out / "shards" / "process-00001" / "progress.json").write_text('{"complete": false}')
     with pytest.raises(RunDirError, match="process-00001"):
         load_sharded_zoo(out)
+
+
+def test_cli_rejects_more_devices_than_local():
+    from experiments.zoo import main
+
+    with pytest.raises(ConfigError, match="--devices"):
+        main(["--arch", "ffnn", "--dataset", "digits", "--seeds", "2", "--epochs", "1",
+              "--devices", "64", "--out", "unused", "--no-progress"])
+    with pytest.raises(ConfigError, match="--num-processes"):
+        main(["--arch", "ffnn", "--dataset", "digits", "--coordinator", "127.0.0.1:1",
+              "--out", "unused", "--no-progress"])

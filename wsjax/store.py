@@ -129,6 +129,10 @@ def load_zoo(run_dir: str | os.PathLike, mmap: bool = True) -> Zoo:
     if not run_dir.is_dir():
         raise RunDirError(f"{run_dir}: run directory not found; train one with "
                           "`python -m experiments.zoo --out DIR`")
+    if (run_dir / "sharded.json").is_file():
+        from wsjax.sharding import load_sharded_zoo
+
+        return load_sharded_zoo(run_dir)
     progress = read_json(run_dir / "progress.json")
     if not progress.get("complete"):
         raise RunDirError(
