@@ -154,22 +154,42 @@ def _cli(*args):
                           capture_output=True, text=True)
 
 
-def test_cli_index_identify_order_json(zoos, tmp_path):
+class _Done:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def cli(capsys):
+    """Runs `python -m wsjax ARGS` in-process (the exit-2 case below runs a real subprocess)."""
+    from wsjax.__main__ import main
+    from wsjax.cli import run_cli
+
+    def call(*args):
+        capsys.readouterr()
+        code = run_cli(main, [str(a) for a in args])
+        out = capsys.readouterr()
+        return _Done(code, out.out, out.err)
+
+    return call
+
+
+def test_cli_index_identify_order_json(zoos, tmp_path, cli):
     base, zoo, long, _ = zoos
-    p = _cli("index", "--run", base / "a", "--svd", "8", "--out", tmp_path / "idx")
+    p = cli("index", "--run", base / "a", "--svd", "8", "--out", tmp_path / "idx")
     assert p.returncode == 0, p.stderr
     np.save(tmp_path / "c.npy", np.asarray(zoo.snapshots[2, 3]))
     np.save(tmp_path / "many.npy", np.asarray(long.snapshots[0, [4, 9]]))
-    p = _cli("identify", "--index", tmp_path / "idx", tmp_path / "c.npy", tmp_path / "many.npy",
-             "--json")
+    p = cli("identify", "--index", tmp_path / "idx", tmp_path / "c.npy", tmp_path / "many.npy",
+            "--json")
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     assert [o["model"] for o in out] == ["a:seed2", "a:seed0", "a:seed0"]
     assert out[2]["beyond_end"] and not out[1]["beyond_end"]
-    p = _cli("identify", "--index", tmp_path / "idx", tmp_path / "c.npy")
+    p = cli("identify", "--index", tmp_path / "idx", tmp_path / "c.npy")
     assert p.returncode == 0 and "a:seed2" in p.stdout
     np.save(tmp_path / "traj.npy", np.asarray(zoo.snapshots[1, [3, 0, 5, 1]]))
-    p = _cli("order", tmp_path / "traj.npy", "--json")
+    p = cli("order", tmp_path / "traj.npy", "--json")
     assert p.returncode == 0, p.stderr
     assert len(json.loads(p.stdout)["indices"]) == 4
     np.save(tmp_path / "cnn.npy", np.zeros(1376))
