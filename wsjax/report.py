@@ -24,7 +24,7 @@ h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom:
 table { border-collapse: collapse; margin: 0.8em 0 1.4em; font-size: 0.92em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
-td.paper { color: #777; }
+td.paper { color: #777; } .scroll { overflow-x: auto; } th { max-width: 9em; }
 figure { margin: 1.2em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 0.9em; color: #555; }
 .note { color: #8a5a00; } code { background: #f5f5f5; padding: 0 0.2em; }
@@ -73,14 +73,14 @@ def _cell(v) -> str:
 def _rows_table(rows: list[dict]) -> str:
     """A list of flat row dicts as an HTML table; keys starting with 'paper' get the paper style."""
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
+    head = "".join(f"<th>{html.escape(str(c).replace('_', ' '))}</th>" for c in cols)
     body = []
     for r in rows:
         cells = "".join(
             f"<td{' class=paper' if str(c).startswith('paper') else ''}>{_cell(r.get(c))}</td>"
             for c in cols)
         body.append(f"<tr>{cells}</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+    return f"<div class=scroll><table><tr>{head}</tr>{''.join(body)}</table></div>"
 
 
 def _tables_html(tables) -> str:
