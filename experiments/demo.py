@@ -11,7 +11,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from experiments import tables
 from wsjax.cli import ArgumentParser, run_cli
+from wsjax.report import build_report
 from wsjax.zoo import ZooConfig, run_zoo
 
 
@@ -21,10 +23,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--out", default="runs/demo")
     args = p.parse_args(argv)
+    reports = []
     for arch in ("ffnn", "cnn"):
         out = Path(args.out) / f"{arch}-digits"
         print(f"== {arch}: {args.seeds} seeds x {args.epochs} epochs on digits -> {out}")
         run_zoo(ZooConfig(arch=arch, dataset="digits", seeds=args.seeds, epochs=args.epochs), out)
+        tables.main(["--run", str(out)])
+        reports.append(build_report(out))
+    for report in reports:
+        print(f"report: {report}")
     return 0
 
 
