@@ -17,6 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from wsjax.analysis.linkage import cut, single_linkage  # noqa: E402
+from wsjax.analysis.svd import fit_svd, project  # noqa: E402
 from wsjax.store import Zoo, atomic_write_bytes  # noqa: E402
 
 __all__ = ["select_points", "plot_weight_stats", "plot_umap", "plot_dendrogram",
@@ -39,31 +41,16 @@ FIGURES = {
 
 
 def _svd_project(x: np.ndarray, k: int) -> np.ndarray:
-    """[n, d] -> [n, k] truncated SVD (no centering), via wsjax.analysis.svd when present."""
-    try:
-        from wsjax.analysis.svd import fit_svd, project
-    except ImportError:  # the analysis package is optional at this layer
-        u, s, _ = np.linalg.svd(np.asarray(x, np.float64), full_matrices=False)
-        return (u[:, :k] * s[:k]).astype(np.float32)
+    """[n, d] -> [n, k] truncated SVD (no centering)."""
     return np.asarray(project(fit_svd(x), k))
 
 
 def _single_linkage(x: np.ndarray) -> np.ndarray:
-    """[n, d] -> scipy-layout linkage matrix [(n-1), 4], via wsjax.analysis.linkage when present."""
-    try:
-        from wsjax.analysis.linkage import single_linkage
-    except ImportError:
-        from scipy.cluster.hierarchy import linkage
-        return linkage(np.asarray(x, np.float64), method="single")
+    """[n, d] -> scipy-layout linkage matrix [(n-1), 4]."""
     return np.asarray(single_linkage(x), np.float64)
 
 
 def _cut(z: np.ndarray, k: int) -> np.ndarray:
-    try:
-        from wsjax.analysis.linkage import cut
-    except ImportError:
-        from scipy.cluster.hierarchy import fcluster
-        return fcluster(z, k, criterion="maxclust") - 1
     return np.asarray(cut(z, k))
 
 
