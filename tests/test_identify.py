@@ -23,12 +23,12 @@ from wsjax.identify import (
 from wsjax.store import load_zoo
 from wsjax.zoo import ZooConfig, run_zoo
 
-SEEDS, EPOCHS, EXTRA = 6, 8, 2
+SEEDS, EPOCHS, EXTRA = 6, 8, 4
 
 
 @pytest.fixture(scope="module")
 def zoos(tmp_path_factory):
-    """A digits FFNN zoo (seeds 0-5, 8 epochs), a longer run of seeds 0-1 (10 epochs) and two
+    """A digits FFNN zoo (seeds 0-5, 8 epochs), a longer run of seeds 0-1 (12 epochs) and two
     unseen seeds (100-101); same keys, so the longer run continues the zoo exactly."""
     base = tmp_path_factory.mktemp("vc")
     quiet = dict(progress=False, log=lambda *_: None)
@@ -62,15 +62,83 @@ def test_held_out_odd_epochs_identified(zoos, svd):
                for r in res)
 
 
-def test_continued_training_is_flagged_beyond_end(zoos):
+@pytest.mark.parametrize("svd", [None, 10])
+def test_continued_training_is_flagged_beyond_end(zoos, svd):
     _, zoo, long, _ = zoos
     np.testing.assert_array_equal(long.snapshots[:, :EPOCHS + 1], zoo.snapshots[:2])
-    index = build_index(np.asarray(zoo.snapshots).reshape(-1, zoo.snapshots.shape[-1]),
-                        np.repeat(np.arange(SEEDS), EPOCHS + 1), np.tile(np.arange(EPOCHS + 1),
-                                                                        SEEDS))
-    res = identify(index, np.asarray(long.snapshots[:, -1]))
-    assert [r.model for r in res] == ["0", "1"]
-    assert all(r.beyond_end and r.epoch > EPOCHS for r in res)
+    p = zoo.snapshots.shape[-1]
+    index = build_index(np.asarray(zoo.snapshots).reshape(-1, p),
+                        np.repeat(np.arange(SEEDS), EPOCHS + 1),
+                        np.tile(np.arange(EPOCHS + 1), SEEDS), svd=svd)
+    beyond = np.asarray(long.snapshots[:, EPOCHS + 1:]).reshape(-1, p)
+    res = identify(index, beyond)
+    assert [r.nearest_model for r in res] == ["0"] * EXTRA + ["1"] * EXTRA
+    assert all(r.beyond_end and r.epoch > EPOCHS and r.extra_epochs > 0 for r in res)
+    assert not any(r.beyond_end for r in identify(index, np.asarray(zoo.snapshots[:, -1])))
+
+
+@pytest.mark.parametrize("svd", [None, 10])
+def test_interior_checkpoints_are_not_beyond_end(zoos, svd):
+    """Index the even epochs; the odd ones (the last one included) lie between two snapshots."""
+    _, zoo, long, _ = zoos
+    p = zoo.snapshots.shape[-1]
+    index = _even_index(zoo, svd)
+    odd = np.arange(1, EPOCHS, 2)
+    res = identify(index, np.asarray(zoo.snapshots[:, odd]).reshape(-1, p))
+    assert not any(r.beyond_end for r in res)
+    assert all(r.beyond_score > 0.5 for r in res[len(odd) - 1::len(odd)])
+    res = identify(index, np.asarray(long.snapshots[:, EPOCHS + 1:]).reshape(-1, p))
+    assert all(r.beyond_end for r in res)
+
+
+def test_beyond_end_hand_cases():
+    """A straight 3-point trajectory (step 2) and one that turns back towards its start."""
+    line = np.array([[0.0, 0, 0], [2, 0, 0], [4, 0, 0]])
+    bend = np.array([[0.0, 0, 0], [10, 0, 0], [3, 1, 0], [2, 1, 0]]) + [0, 0, 100]
+    index = build_index(np.concatenate([line, bend]), [0] * 3 + [1] * 4,
+                        [0, 1, 2, 0, 1, 2, 3], threshold=50.0, beyond_back=0.5)
+    q = np.array([[4.0, 2, 0],      # sideways off the end: orthogonal to the last step
+                  [6, 0, 0],        # straight on
+                  [3, 0.5, 0],      # inside the last segment
+                  [4, 0, 0],        # the end itself
+                  [4.1, 0, 0],      # within a quarter step of the end
+                  [3, -0.5, 100]])  # beside bend's first segment, offset from its end not back
+    r = identify(index, q)
+    assert [x.model for x in r] == ["0"] * 5 + ["1"]
+    assert [x.beyond_end for x in r] == [True, True, False, False, False, False]
+    assert r[0].beyond_score == pytest.approx(0.0) and r[0].end_distance == pytest.approx(2.0)
+    assert r[0].epoch == pytest.approx(3.0) and r[0].extra_epochs == pytest.approx(1.0)
+    assert r[1].beyond_score == pytest.approx(-1.0) and r[1].epoch == pytest.approx(3.0)
+    assert r[2].beyond_score == pytest.approx(2 / 1.25) and r[2].epoch == pytest.approx(1.5)
+    assert r[3].epoch == pytest.approx(2.0) and r[3].end_distance == 0.0
+    assert r[5].beyond_score == pytest.approx(-0.5 / 3.25) and r[5].epoch == pytest.approx(0.3)
+    assert r[5].end_distance / r[5].distance > 2.0  # only the guard keeps it inside
+
+
+def test_beyond_calibration_on_random_walks():
+    """High-dimensional random walks: a walk's new steps are orthogonal to its old ones, so a
+    continuation is past the end and a half-step point lies between two snapshots."""
+    rng = np.random.default_rng(1)
+    m, t, d = 5, 12, 400
+    walks = np.cumsum(rng.normal(size=(m, 2 * t + 8, d)), axis=1) + 50 * rng.normal(size=(m, 1, d))
+    known = walks[:, : 2 * t + 1 : 2]
+    index = build_index(known.reshape(-1, d), np.repeat(np.arange(m), t + 1),
+                        np.tile(np.arange(t + 1.0), m))
+    cal = index.calibration["beyond"]
+    assert cal["calibrated"] and 0.25 <= cal["back"] <= 0.75
+    assert cal["llo_tpr"] == 1.0 and cal["loo_fpr"] == 0.0 and cal["llo_n"] == m
+    short = build_index(known[:, :-1].reshape(-1, d), np.repeat(np.arange(m), t),
+                        np.tile(np.arange(t + 0.0), m), beyond_back=cal["back"])
+    assert all(r.beyond_end for r in identify(short, known[:, -1]))
+    half = identify(index, walks[:, 1 : 2 * t : 2].reshape(-1, d))
+    assert not any(r.beyond_end for r in half)
+    on = identify(index, walks[:, 2 * t + 1 :].reshape(-1, d))
+    assert all(r.beyond_end for r in on)
+    assert [r.model for r in on] == [str(i) for i in np.repeat(np.arange(m), 7)]
+    assert all(abs(r.beyond_score) < 0.3 for r in on)
+    with pytest.raises(ConfigError, match="beyond-back"):
+        build_index(known.reshape(-1, d), np.repeat(np.arange(m), t + 1),
+                    np.tile(np.arange(t + 1.0), m), beyond_back=1.5)
 
 
 def test_unseen_seed_is_unknown(zoos):
@@ -179,7 +247,7 @@ def test_cli_index_identify_order_json(zoos, tmp_path, cli):
     p = cli("index", "--run", base / "a", "--svd", "8", "--out", tmp_path / "idx")
     assert p.returncode == 0, p.stderr
     np.save(tmp_path / "c.npy", np.asarray(zoo.snapshots[2, 3]))
-    np.save(tmp_path / "many.npy", np.asarray(long.snapshots[0, [4, 9]]))
+    np.save(tmp_path / "many.npy", np.asarray(long.snapshots[0, [4, EPOCHS + 1]]))
     p = cli("identify", "--index", tmp_path / "idx", tmp_path / "c.npy", tmp_path / "many.npy",
             "--json")
     assert p.returncode == 0, p.stderr

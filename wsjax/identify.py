@@ -5,8 +5,10 @@ truncated-SVD space (no centering) fitted on them. `identify` projects a checkpo
 trajectory's segments, names the nearest trajectory and a fractional epoch, and answers
 "unknown" when the distance exceeds a threshold calibrated on the index itself: the
 leave-one-epoch-out distances of known snapshots to their own trajectory (every snapshot but
-each model's first), times a safety factor. `order` reconstructs the order of one lineage's
-checkpoints.
+each model's first), times a safety factor. A checkpoint trained further than its trajectory
+is flagged "beyond the end" by where its offset from the last snapshot points (see `identify`),
+with the cutoff calibrated by leaving each trajectory's last snapshot out. `order` reconstructs
+the order of one lineage's checkpoints.
 """
 
 from __future__ import annotations
@@ -91,17 +93,25 @@ class Identification:
     confidence: float
     unknown: bool
     beyond_end: bool
+    end_distance: float
+    beyond_score: float
+    extra_epochs: float
 
     def to_json(self) -> dict:
-        d = dict(self.__dict__)
+        """Plain JSON (non-finite numbers, such as the score of the end itself, become null)."""
+        d = {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+             for k, v in self.__dict__.items()}
         d["segment"] = list(self.segment)
         return d
 
 
 def _segment_distance(q: np.ndarray, pts: np.ndarray, eps: np.ndarray):
-    """Distance of q [D] to the polyline pts [T, D]; returns (dist, frac epoch, seg, beyond)."""
+    """Distance of q [D] to the polyline pts [T, D]; returns (dist, frac epoch, seg, j, t_raw).
+
+    j is the nearest segment (pts[j] -> pts[j+1]) and t_raw the unclipped projection on it.
+    """
     if len(pts) == 1:
-        return float(np.linalg.norm(q - pts[0])), float(eps[0]), (eps[0], eps[0]), False
+        return float(np.linalg.norm(q - pts[0])), float(eps[0]), (eps[0], eps[0]), 0, 0.0
     a, b = pts[:-1], pts[1:]
     ab = b - a
     denom = np.maximum((ab * ab).sum(1), 1e-300)
@@ -110,9 +120,88 @@ def _segment_distance(q: np.ndarray, pts: np.ndarray, eps: np.ndarray):
     d = np.linalg.norm(a + t[:, None] * ab - q, axis=1)
     j = int(np.argmin(d))
     e0, e1 = float(eps[j]), float(eps[j + 1])
-    beyond = j == len(a) - 1 and t_raw[j] > 1.0
-    frac = e0 + (t_raw[j] if beyond else t[j]) * (e1 - e0)
-    return float(d[j]), float(frac), (e0, e1), bool(beyond)
+    return float(d[j]), e0 + float(t[j]) * (e1 - e0), (e0, e1), j, float(t_raw[j])
+
+
+def _end_geometry(q: np.ndarray, pts: np.ndarray, j: int, dist: float):
+    """How q [D] sits against the end of the polyline pts [T, D] (T >= 2) it is nearest to.
+
+    Returns (back, reach, ratio): back = -<q - end, end - pts[j]> / |q - end|^2, the share of
+    q's offset from the end that runs back along the trajectory (about 1 for a point between
+    snapshots, about 0 or below for one trained further: its new steps are nearly orthogonal
+    to the old ones in weight space, or continue their direction); reach = |q - end| / |last
+    step|; ratio = |q - end| / dist (1 when the end is the nearest point of the trajectory).
+    """
+    off = q - pts[-1]
+    r2 = float(off @ off)
+    step = float(np.linalg.norm(pts[-1] - pts[-2]))
+    if r2 == 0.0:
+        return float("inf"), 0.0, 1.0
+    r = np.sqrt(r2)
+    back = -float(off @ (pts[-1] - pts[j])) / r2
+    return back, r / max(step, 1e-300), r / max(dist, 1e-300)
+
+
+def _is_beyond(geom, rule: dict) -> bool:
+    back, reach, ratio = geom
+    return bool(reach > rule["reach"] and ratio <= rule["guard"] and back < rule["back"])
+
+
+def _extra_epochs(r_end: float, pts: np.ndarray, eps: np.ndarray) -> float:
+    """Epochs past the end that distance r_end from the end stands for, read off the
+    trajectory's own end stretch (distance from the last snapshot to earlier ones vs their lag,
+    made monotone); linear past its start."""
+    dist = np.maximum.accumulate(np.linalg.norm(pts[::-1] - pts[-1], axis=1))
+    lag = eps[-1] - eps[::-1]
+    if r_end >= dist[-1]:
+        return float(lag[-1] * r_end / max(dist[-1], 1e-300))
+    return float(np.interp(r_end, dist, lag))
+
+
+BEYOND_DEFAULTS = dict(back=0.5, reach=0.25, guard=2.0)
+
+
+def _beyond_calibration(points: np.ndarray, model: np.ndarray, epoch: np.ndarray,
+                        back: float | None, reach: float, guard: float) -> dict:
+    """The beyond-the-end rule, calibrated on the index by leaving points out.
+
+    Positives (leave-last-out): each trajectory's last snapshot against the trajectory without
+    it, i.e. one indexed step beyond a shorter end. Negatives (leave-one-out): each interior
+    snapshot against its trajectory without it. Unless `back` is given, the cutoff on `back`
+    maximises TPR - FPR over 0.25..0.75 (the value of the best set nearest 0.5, the midpoint
+    between the ideal 1 for interior and 0 for beyond points; the range keeps a few stray
+    calibration points from pushing it to an extreme).
+    """
+    pos, neg = [], []
+    for m in np.unique(model):
+        sel = np.flatnonzero(model == m)
+        sel = sel[np.argsort(epoch[sel], kind="stable")]
+        pts = points[sel]
+        if len(pts) < 3:
+            continue
+        for i in range(1, len(pts)):
+            rest = np.delete(pts, i, axis=0)
+            d, _, _, j, _ = _segment_distance(pts[i], rest, np.delete(epoch[sel], i))
+            (pos if i == len(pts) - 1 else neg).append(_end_geometry(pts[i], rest, j, d))
+    rule = dict(BEYOND_DEFAULTS, reach=reach, guard=guard)
+
+    def rates(b):
+        r = dict(rule, back=b)
+        tpr = float(np.mean([_is_beyond(g, r) for g in pos])) if pos else float("nan")
+        fpr = float(np.mean([_is_beyond(g, r) for g in neg])) if neg else float("nan")
+        return tpr, fpr
+
+    calibrated = back is None
+    if calibrated:
+        back = BEYOND_DEFAULTS["back"]
+        if pos and neg:
+            grid = np.round(np.arange(0.25, 0.751, 0.01), 2)
+            score = np.array([np.subtract(*rates(b)) for b in grid])
+            best = grid[score >= score.max() - 1e-12]
+            back = float(best[np.argmin(np.abs(best - 0.5))])
+    tpr, fpr = rates(back)
+    return dict(rule, back=float(back), calibrated=calibrated, llo_tpr=tpr, loo_fpr=fpr,
+                llo_n=len(pos), loo_n=len(neg))
 
 
 def _loo_distances(points: np.ndarray, model: np.ndarray, epoch: np.ndarray) -> np.ndarray:
@@ -145,7 +234,9 @@ def _other_distances(points: np.ndarray, model: np.ndarray, epoch: np.ndarray) -
 def build_index(snapshots: np.ndarray, model: np.ndarray, epoch: np.ndarray,
                 labels: list[str] | None = None, svd: int | None = None,
                 threshold: float | None = None, factor: float = 1.0,
-                quantile: float = 1.0) -> TrajectoryIndex:
+                quantile: float = 1.0, beyond_back: float | None = None,
+                beyond_reach: float = BEYOND_DEFAULTS["reach"],
+                beyond_guard: float = BEYOND_DEFAULTS["guard"]) -> TrajectoryIndex:
     """Builds an index from snapshots [N, P] with trajectory ids model [N] and epochs [N].
 
     The unknown threshold (unless `threshold` is given) is calibrated on the index itself:
@@ -154,6 +245,10 @@ def build_index(snapshots: np.ndarray, model: np.ndarray, epoch: np.ndarray,
     threshold = factor * sqrt(own * other), the geometric midpoint between how far a member can
     stray from its own trajectory and how close a different model comes (with one trajectory:
     factor * 2 * own). `svd=k` stores the points in a rank-k truncated SVD (no centering).
+
+    The beyond-the-end rule (see `identify`) is stored in calibration["beyond"]: its cutoff on
+    `back` is calibrated by leave-last-out / leave-one-out on the index unless `beyond_back`
+    is given; `beyond_reach` and `beyond_guard` are fixed.
     """
     x = np.asarray(snapshots, dtype=np.float64)
     model = np.asarray(model)
@@ -181,9 +276,15 @@ def build_index(snapshots: np.ndarray, model: np.ndarray, epoch: np.ndarray,
             raise ConfigError("cannot calibrate a threshold: every trajectory has one snapshot")
         mid = 2 * own if nearest_other is None else float(np.sqrt(own * nearest_other))
         threshold = factor * mid
+    if beyond_back is not None and not 0.0 < beyond_back < 1.0:
+        raise ConfigError(f"--beyond-back {beyond_back} must be between 0 and 1 (default 0.5)")
+    if beyond_reach < 0 or beyond_guard < 1:
+        raise ConfigError("--beyond-reach must be >= 0 and --beyond-guard >= 1")
     calibration = dict(factor=factor, quantile=quantile, own=own, nearest_other=nearest_other,
                        loo_median=float(np.median(loo)) if len(loo) else None,
-                       other_median=float(np.median(other)) if len(other) else None)
+                       other_median=float(np.median(other)) if len(other) else None,
+                       beyond=_beyond_calibration(points, model, epoch, beyond_back,
+                                                  beyond_reach, beyond_guard))
     return TrajectoryIndex(points, model.astype(np.int64), epoch, labels, x.shape[1], basis,
                            float(threshold), calibration)
 
@@ -239,13 +340,24 @@ def load_index(path: str | os.PathLike) -> TrajectoryIndex:
 
 
 def identify(index: TrajectoryIndex, checkpoints: np.ndarray,
-             threshold: float | None = None) -> list[Identification]:
+             threshold: float | None = None,
+             beyond_back: float | None = None) -> list[Identification]:
     """Identifies checkpoints [P] or [n, P]: trajectory, fractional epoch, distances, confidence.
 
     confidence = 1 - d_best / d_second (0: a tie, 1: on the trajectory, nothing else near).
+    beyond_end: on the nearest trajectory, with end = its last snapshot and a = the start of the
+    nearest segment, the checkpoint is past the end when |q - end| > reach * last step (not
+    the end itself), |q - end| <= guard * distance to the trajectory (the end region is the
+    nearest part) and back = -<q - end, end - a> / |q - end|^2 < the calibrated cutoff (its
+    offset from the end does not run back along the trajectory). Then `epoch` = last epoch +
+    `extra_epochs`, read off the trajectory's own distance-vs-lag curve from its end.
     """
     q = index.project(checkpoints)
     thr = index.threshold if threshold is None else float(threshold)
+    rule = dict(BEYOND_DEFAULTS, **{k: v for k, v in index.calibration.get("beyond", {}).items()
+                                     if k in BEYOND_DEFAULTS})
+    if beyond_back is not None:
+        rule["back"] = float(beyond_back)
     trajs = [index.trajectory(m) for m in range(len(index.labels))]
     out = []
     for row in q:
@@ -254,16 +366,22 @@ def identify(index: TrajectoryIndex, checkpoints: np.ndarray,
         rank = np.argsort(d, kind="stable")
         b = int(rank[0])
         s = int(rank[1]) if len(rank) > 1 else None
-        dist, frac, seg, beyond = res[b]
+        dist, frac, seg, j, _ = res[b]
         d2 = float(d[s]) if s is not None else float("inf")
         conf = 1.0 - dist / d2 if d2 > 0 else 0.0
         pts, eps = trajs[b]
         near = float(eps[int(np.argmin(np.linalg.norm(pts - row, axis=1)))])
+        r_end = float(np.linalg.norm(row - pts[-1]))
+        geom = _end_geometry(row, pts, j, dist) if len(pts) > 1 else (float("inf"), 0.0, 1.0)
+        beyond = _is_beyond(geom, rule)
+        extra = _extra_epochs(r_end, pts, eps) if beyond else 0.0
+        if beyond:
+            frac = float(eps[-1]) + extra
         unknown = dist > thr
         out.append(Identification(
             None if unknown else index.labels[b], index.labels[b], frac, seg, near, dist,
             None if s is None else index.labels[s], d2, float(conf), bool(unknown),
-            bool(beyond)))
+            beyond, r_end, float(geom[0]), extra))
     return out
 
 
