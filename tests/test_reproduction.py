@@ -1,0 +1,183 @@
+"""The reproduction study's variants and readings, on tiny digits zoos and hand-worked cases."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from experiments.reproduction import (
+    VARIANTS,
+    PaperCNN,
+    fast_cnn_apply,
+    kernel_mask,
+    main,
+    make_optimizer,
+    readings,
+    run_variant,
+)
+from wsjax.analysis.tables import zoo_tables_detail
+from wsjax.errors import ConfigError
+from wsjax.models import CNN
+from wsjax.store import Zoo, load_zoo
+
+
+@pytest.mark.parametrize("use_bias,pool_ceil", [(False, False), (True, False), (True, True)])
+def test_fast_apply_is_the_flax_module(use_bias, pool_ceil):
+    x = jax.random.normal(jax.random.key(1), (5, 14, 14, 1))
+    module = PaperCNN(use_bias=use_bias, pool_ceil=pool_ceil)
+    params = module.init(jax.random.key(0), x)["params"]
+    want = module.apply({"params": params}, x)
+    got = fast_cnn_apply(pool_ceil)(params, x)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+def test_default_paper_cnn_is_the_project_cnn():
+    x = jnp.zeros((1, 14, 14, 1))
+    a = PaperCNN().init(jax.random.key(3), x)["params"]
+    b = CNN().init(jax.random.key(3), x)["params"]
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+
+
+def test_ceil_pooling_keeps_the_odd_edge():
+    x = jnp.arange(49.0).reshape(1, 7, 7, 1)
+    module = PaperCNN(pool_ceil=True)
+    params = module.init(jax.random.key(0), jnp.zeros((1, 14, 14, 1)))["params"]
+    # 14 -> conv 7 -> ceil pool 4 -> conv 2 -> pool 1: still 8 features into the dense layer
+    assert params["Dense_0"]["kernel"].shape == (8, 10)
+    from experiments.reproduction import _max_pool
+
+    pooled = np.asarray(_max_pool(x, ceil=True))[0, :, :, 0]
+    assert pooled.shape == (4, 4)
+    assert pooled[3, 3] == 48.0 and pooled[0, 3] == 13.0 and pooled[3, 0] == 43.0
+    assert np.asarray(_max_pool(x, ceil=False)).shape == (1, 3, 3, 1)
+
+
+def _hand_sgd(w, g, lr, m, wd, coupling, steps, decay_mask):
+    """PyTorch's SGD update written out (coupled), or with decay after momentum."""
+    w, buf = dict(w), {k: np.zeros_like(v) for k, v in w.items()}
+    for _ in range(steps):
+        for k in w:
+            d = g[k] + (wd * w[k] if coupling == "coupled" and decay_mask[k] else 0.0)
+            buf[k] = m * buf[k] + d
+            new = w[k] - lr * buf[k]
+            if coupling == "decoupled" and decay_mask[k]:
+                new = new - lr * wd * w[k]
+            w[k] = new
+    return w
+
+
+@pytest.mark.parametrize("decay", ["all", "kernels"])
+@pytest.mark.parametrize("coupling", ["coupled", "decoupled"])
+def test_optimizer_matches_the_update_written_out(decay, coupling):
+    from wsjax.train import HParams
+
+    rng = np.random.default_rng(0)
+    w = {"kernel": rng.normal(size=3), "bias": rng.normal(size=2)}
+    g = {"kernel": rng.normal(size=3), "bias": rng.normal(size=2)}
+    opt = make_optimizer(decay, coupling)(HParams(0.1, 0.9, 0.5))
+    params = {"Dense_0": {k: jnp.asarray(v, jnp.float32) for k, v in w.items()}}
+    grads = {"Dense_0": {k: jnp.asarray(v, jnp.float32) for k, v in g.items()}}
+    state = opt.init(params)
+    for _ in range(4):
+        upd, state = opt.update(grads, state, params)
+        params = optax.apply_updates(params, upd)
+    want = _hand_sgd(w, g, 0.1, 0.9, 0.5, coupling, 4,
+                     {"kernel": True, "bias": decay == "all"})
+    for k in w:
+        np.testing.assert_allclose(np.asarray(params["Dense_0"][k]), want[k], rtol=1e-5)
+
+
+def test_kernel_mask_leaves_biases_out():
+    params = PaperCNN(use_bias=True).init(jax.random.key(0), jnp.zeros((1, 14, 14, 1)))["params"]
+    mask = kernel_mask(params)
+    assert mask.shape == (1376 + 16 + 8 + 10,) and int(mask.sum()) == 1376
+
+
+@pytest.fixture(scope="module")
+def bias_run(tmp_path_factory, digits):
+    out = tmp_path_factory.mktemp("variants") / "bias_decay_kernels"
+    zoo = run_variant(VARIANTS["bias_decay_kernels"], digits, out, seeds=3, epochs=2,
+                      log=lambda *_: None)
+    return out, zoo
+
+
+def test_variant_run_is_a_readable_zoo(bias_run, digits):
+    out, zoo = bias_run
+    assert zoo.snapshots.shape == (3, 3, 1376) and zoo.arch == "cnn"
+    assert zoo.config["config"]["decay"] == "kernels" and zoo.config["config"]["use_bias"]
+    # epoch 0 is member 0's initial kernels: the trainer splits key(0) into (init, shuffle)
+    init_key = jax.random.split(jax.random.key(0))[0]
+    params = PaperCNN(use_bias=True).init(init_key, digits.x_train[:1])["params"]
+    flat = np.concatenate([np.asarray(params[n]["kernel"]).ravel()
+                           for n in ("Conv_0", "Conv_1", "Dense_0")])
+    np.testing.assert_allclose(zoo.snapshots[0, 0], flat, rtol=1e-6)
+    assert (zoo.test_accuracy[:, -1] > 0.1).all()
+    t = zoo_tables_detail(zoo, ks=(5,))
+    assert [r["space"] for r in t["rows"]] == ["1376 (weight space)", "SVD 5"]
+
+
+def test_variant_run_resumes_and_refuses_another_zoo(bias_run, digits):
+    out, _ = bias_run
+    said = []
+    run_variant(VARIANTS["bias_decay_kernels"], digits, out, seeds=3, epochs=2, log=said.append)
+    assert said and "found complete" in said[0]
+    with pytest.raises(ConfigError, match="different zoo"):
+        run_variant(VARIANTS["bias_decay_kernels"], digits, out, seeds=3, epochs=3,
+                    log=lambda *_: None)
+    with pytest.raises(ConfigError, match="training images"):
+        run_variant(VARIANTS["half_data"], digits, out.parent / "half", seeds=2, epochs=2)
+
+
+def _line_zoo(tmp_path) -> Zoo:
+    """Two models on far-apart lines; epoch e of each at 0, 10, 15, 17, 18 along axis 0."""
+    pos = np.array([0.0, 10.0, 15.0, 17.0, 18.0])
+    snaps = np.zeros((2, 5, 2), np.float32)
+    snaps[:, :, 0] = pos
+    snaps[1, :, 1] = 1000.0
+    z = np.zeros((2, 5), np.float32)
+    return Zoo(path=tmp_path, config={"arch": "cnn"}, snapshots=snaps, test_accuracy=z,
+               test_loss=z, train_loss=z[:, 1:], diverged_epoch=np.array([-1, -1]),
+               seeds=np.array([0, 1]))
+
+
+def test_readings_on_a_hand_worked_trajectory(tmp_path):
+    rows = {r["reading"]: r for r in readings(_line_zoo(tmp_path), log=lambda *_: None)}
+    # merge heights of epochs 1..4: 5, 2, 1, 1 (3 and 4 tie as mutual nearest neighbours)
+    assert rows["merge_height"]["ordered_initial"] == 4
+    assert rows["merge_height"]["ordered_fraction"] == 1.0
+    assert rows["merge_height"]["in_place"] == 4 and rows["merge_height"]["increasing_pairs"] == 1
+    # ties the other way: 1, 2, 4, 3
+    assert rows["ties_late_first"]["ordered_initial"] == 2
+    assert rows["ties_late_first"]["ordered_fraction"] == pytest.approx(1 / 3)
+    # the norm grows with the epoch here, so decreasing norm is the reverse order 4, 3, 2, 1
+    assert rows["weight_norm"]["ordered_initial"] == 0
+    assert rows["weight_norm"]["ordered_fraction"] == 0
+    # centroid at 15: distances 5, 0, 2, 3 -> order 1, 4, 3, 2
+    assert rows["centroid_distance"]["ordered_initial"] == 1
+    assert rows["centroid_distance"]["ordered_fraction"] == 0
+    # scipy draws each chain as 1, (2, (3, 4))
+    assert rows["dendrogram_leaves"]["ordered_initial"] == 4
+    # with the initialisation: heights 10, 5, 2, 1, 1
+    assert rows["epoch0_in"]["ordered_initial"] == 5
+    assert all(r["purity"] == 1.0 for r in rows.values())
+
+
+def test_cli_lists_and_writes_readings(tmp_path, capsys):
+    assert main(["--list"]) == 0
+    assert "wd_decoupled" in capsys.readouterr().out
+    run = tmp_path / "run"
+    run.mkdir()
+    zoo = _line_zoo(run)
+    np.save(run / "snapshots.npy", zoo.snapshots)
+    np.savez(run / "metrics.npz", test_accuracy=zoo.test_accuracy, test_loss=zoo.test_loss,
+             train_loss=zoo.train_loss, diverged_epoch=zoo.diverged_epoch, seeds=zoo.seeds)
+    (run / "config.json").write_text('{"arch": "cnn"}')
+    (run / "progress.json").write_text('{"complete": true, "completed_epochs": 4}')
+    assert main(["--readings", str(run)]) == 0
+    assert (run / "readings.md").exists() and load_zoo(run).arch == "cnn"
+    assert "merge_height" in capsys.readouterr().out
