@@ -246,6 +246,7 @@ def test_cli_index_identify_order_json(zoos, tmp_path, cli):
     base, zoo, long, _ = zoos
     p = cli("index", "--run", base / "a", "--svd", "8", "--out", tmp_path / "idx")
     assert p.returncode == 0, p.stderr
+    assert "beyond-end cutoff 0." in p.stdout and "leave-last-out TPR" in p.stdout
     np.save(tmp_path / "c.npy", np.asarray(zoo.snapshots[2, 3]))
     np.save(tmp_path / "many.npy", np.asarray(long.snapshots[0, [4, EPOCHS + 1]]))
     p = cli("identify", "--index", tmp_path / "idx", tmp_path / "c.npy", tmp_path / "many.npy",
@@ -254,8 +255,10 @@ def test_cli_index_identify_order_json(zoos, tmp_path, cli):
     out = json.loads(p.stdout)
     assert [o["model"] for o in out] == ["a:seed2", "a:seed0", "a:seed0"]
     assert out[2]["beyond_end"] and not out[1]["beyond_end"]
-    p = cli("identify", "--index", tmp_path / "idx", tmp_path / "c.npy")
+    assert out[2]["extra_epochs"] > 0 and out[1]["extra_epochs"] == 0
+    p = cli("identify", "--index", tmp_path / "idx", tmp_path / "c.npy", tmp_path / "many.npy")
     assert p.returncode == 0 and "a:seed2" in p.stdout
+    assert p.stdout.count("beyond-end (+") == 1
     np.save(tmp_path / "traj.npy", np.asarray(zoo.snapshots[1, [3, 0, 5, 1]]))
     p = cli("order", tmp_path / "traj.npy", "--json")
     assert p.returncode == 0, p.stderr

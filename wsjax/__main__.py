@@ -21,10 +21,16 @@ def _parser() -> ArgumentParser:
     ix.add_argument("--factor", type=float, default=1.0,
                     help="unknown threshold = factor * sqrt(own quantile * nearest other)")
     ix.add_argument("--quantile", type=float, default=1.0)
+    ix.add_argument("--beyond-back", type=float, default=None,
+                    help="beyond-the-end cutoff on the back share (default: calibrated)")
+    ix.add_argument("--beyond-reach", type=float, default=0.25,
+                    help="beyond the end only farther than this many last steps from the end")
     ix.add_argument("--out", required=True)
     idf = sub.add_parser("identify", help="name the model and epoch of checkpoints")
     idf.add_argument("--index", required=True)
     idf.add_argument("--threshold", type=float, default=None, help="override the unknown cutoff")
+    idf.add_argument("--beyond-back", type=float, default=None,
+                     help="override the index's beyond-the-end cutoff")
     idf.add_argument("--json", action="store_true")
     idf.add_argument("checkpoints", nargs="+", help=".npy [P] or [n, P], or .npz of params")
     od = sub.add_parser("order", help="reconstruct the order of one lineage's checkpoints")
@@ -41,10 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "index":
         epochs = None if args.epochs is None else [int(e) for e in args.epochs.split(",")]
         index = vc.index_from_zoos(args.run, epochs=epochs, svd=args.svd, factor=args.factor,
-                                   quantile=args.quantile)
+                                   quantile=args.quantile, beyond_back=args.beyond_back,
+                                   beyond_reach=args.beyond_reach)
         vc.save_index(index, args.out)
+        b = index.calibration["beyond"]
+        rates = "" if b["llo_tpr"] is None or b["loo_fpr"] is None else (
+            f" (leave-last-out TPR {b['llo_tpr']:.2f}, leave-one-out FPR {b['loo_fpr']:.3f})")
         print(f"indexed {len(index.labels)} trajectories, {len(index.points)} snapshots, "
-              f"threshold {index.threshold:.4g} -> {args.out}")
+              f"threshold {index.threshold:.4g}, beyond-end cutoff {b['back']:.2f}{rates} "
+              f"-> {args.out}")
         return 0
     names, xs = [], []
     for path in args.checkpoints:
@@ -56,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     x = np.concatenate(xs)
     if args.command == "identify":
         index = vc.load_index(args.index)
-        res = vc.identify(index, x, threshold=args.threshold)
+        res = vc.identify(index, x, threshold=args.threshold, beyond_back=args.beyond_back)
         if args.json:
             rows = [dict(checkpoint=n, **r.to_json()) for n, r in zip(names, res, strict=True)]
             print(json.dumps(rows, indent=2))
@@ -64,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'checkpoint':30s} {'model':22s} {'epoch':>7s} {'between':>11s} "
               f"{'distance':>10s} {'conf':>5s}  flags")
         for n, r in zip(names, res, strict=True):
-            flags = ("unknown " if r.unknown else "") + ("beyond-end" if r.beyond_end else "")
+            flags = ("unknown " if r.unknown else "") + (
+                f"beyond-end (+{r.extra_epochs:.1f})" if r.beyond_end else "")
             print(f"{n[-30:]:30s} {(r.model or '?'):22s} {r.epoch:7.2f} "
                   f"{r.segment[0]:5.0f}-{r.segment[1]:<5.0f} {r.distance:10.4g} "
                   f"{r.confidence:5.2f}  {flags}")

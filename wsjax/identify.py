@@ -187,8 +187,8 @@ def _beyond_calibration(points: np.ndarray, model: np.ndarray, epoch: np.ndarray
 
     def rates(b):
         r = dict(rule, back=b)
-        tpr = float(np.mean([_is_beyond(g, r) for g in pos])) if pos else float("nan")
-        fpr = float(np.mean([_is_beyond(g, r) for g in neg])) if neg else float("nan")
+        tpr = float(np.mean([_is_beyond(g, r) for g in pos])) if pos else None
+        fpr = float(np.mean([_is_beyond(g, r) for g in neg])) if neg else None
         return tpr, fpr
 
     calibrated = back is None
