@@ -307,10 +307,14 @@ class BatchedTrainer:
             state, hparams, x, y, jnp.int32(first_epoch), int(n_epochs))
         return state, loss, snaps, finite
 
+    def eval_batch(self, members: int) -> int:
+        """Test examples per evaluation step for `members` members (memory, not results)."""
+        return self.eval_batch_size
+
     def evaluate(self, state: MemberState, x: Array, y: Array):
         """Test accuracy [S] and mean per-example test loss [S] of every member."""
         n = x.shape[0]
-        eb = min(self.eval_batch_size, n)
+        eb = min(self.eval_batch(jax.tree.leaves(state.params)[0].shape[0]), n)
         nb = -(-n // eb)
         pad = nb * eb - n
         xp = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]).reshape(

@@ -1,0 +1,301 @@
+"""Hand-written kernels for the paper's two models: the whole zoo steps as one program.
+
+`BatchedTrainer` differentiates a per-member function and vmaps it. For the CNN that turns the
+convolutions into grouped convolutions (one group per member), and XLA's CPU backend runs those
+slowly. Here the forward and backward passes of the FFNN and the CNN are written out for all
+members at once, with the member axis as the batch axis of batched matrix products:
+
+- convolutions are patches (strided slices) times a per-member kernel matrix, so no grouped
+  convolution appears;
+- only the conv outputs that survive the max-pools are computed (the 7x7 map of the first conv
+  loses its last row and column to the 2x2 pool);
+- max-pool gradients go to the first maximum of each window in row-major order, and
+  LeakyReLU's derivative at 0 is 1, both as JAX's own derivatives of the Flax modules;
+- one jitted call runs whole epochs: the training set stays on the device and every step
+  gathers its batch rows by index.
+
+`make_fast_trainer(...)` returns a `FastTrainer` where the model and optimizer are supported
+(bias-free FFNN or CNN from wsjax.models with the 14x14x1 input, SGD with momentum and
+coupled weight decay) and the plain `BatchedTrainer` otherwise. Both give the same results to
+float32 rounding; tests/test_fast.py checks that against the plain trainer and a per-seed loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.flatten_util import ravel_pytree
+
+from wsjax.models import CNN, FFNN
+from wsjax.train import BatchedTrainer, HParams, MemberState, sgd_with_weight_decay
+
+__all__ = ["FastTrainer", "make_fast_trainer", "fast_kernels", "FFNNKernels", "CNNKernels"]
+
+Array = jax.Array
+
+
+def _bmm(spec: str, a: Array, b: Array) -> Array:
+    return jnp.einsum(spec, a, b, precision=jax.lax.Precision.HIGHEST)
+
+
+def _first_max_mask(values: list[Array]) -> tuple[Array, list[Array]]:
+    """Max of equally shaped arrays and, per array, where it is the first maximum (0/1 floats)."""
+    m = values[0]
+    for v in values[1:]:
+        m = jnp.maximum(m, v)
+    taken = jnp.zeros(m.shape, bool)
+    masks = []
+    for v in values:
+        hit = (v == m) & ~taken
+        taken = taken | hit
+        masks.append(hit.astype(m.dtype))
+    return m, masks
+
+
+def _leaky(z: Array, slope: float) -> Array:
+    return jnp.where(z >= 0, z, slope * z)
+
+
+def _leaky_grad(z: Array, slope: float) -> Array:
+    return jnp.where(z >= 0, 1.0, slope).astype(z.dtype)
+
+
+class FFNNKernels:
+    """Forward and backward of wsjax.models.FFNN (bias-free) for S members at once.
+
+    Weights: a tuple of three kernels [S, in, out] (Flax's layout with the member axis first).
+    """
+
+    names = ("Dense_0", "Dense_1", "Dense_2")
+
+    def __init__(self, module: FFNN):
+        self.module = module
+
+    def to_weights(self, params) -> tuple[Array, ...]:
+        return tuple(params[n]["kernel"] for n in self.names)
+
+    def to_params(self, weights) -> dict:
+        return {n: {"kernel": w} for n, w in zip(self.names, weights, strict=True)}
+
+    def forward(self, w, x: Array, shared: bool = False):
+        """x [S, B, ...] (or [B, ...] shared by all members) -> (out [S, B, C], cache)."""
+        s = "" if shared else "s"
+        x = x.reshape((*x.shape[: 1 if shared else 2], -1))
+        h1 = jax.nn.sigmoid(_bmm(f"{s}bi,sio->sbo", x, w[0]))
+        h2 = jax.nn.sigmoid(_bmm("sbi,sio->sbo", h1, w[1]))
+        return _bmm("sbi,sio->sbo", h2, w[2]), (x, h1, h2)
+
+    def backward(self, w, cache, d_out: Array) -> tuple[Array, ...]:
+        """Gradients of the weights from d_out = dLoss/d_out [S, B, C]."""
+        x, h1, h2 = cache
+        g3 = _bmm("sbi,sbo->sio", h2, d_out)
+        d2 = _bmm("sbo,sio->sbi", d_out, w[2]) * h2 * (1 - h2)
+        g2 = _bmm("sbi,sbo->sio", h1, d2)
+        d1 = _bmm("sbo,sio->sbi", d2, w[1]) * h1 * (1 - h1)
+        g1 = _bmm("sbi,sbo->sio", x, d1)
+        return g1, g2, g3
+
+
+class CNNKernels:
+    """Forward and backward of wsjax.models.CNN (bias-free, 14x14x1 input) for S members at once.
+
+    Weights: conv kernels as matrices [S, 9 * c_in, c_out] (rows in (kh, kw, c_in) order, Flax's
+    HWIO kernel flattened) and the dense kernel [S, c2, C].
+    """
+
+    names = ("Conv_0", "Conv_1", "Dense_0")
+
+    def __init__(self, module: CNN):
+        self.module = module
+        self.slope = float(module.negative_slope)
+        self.channels = tuple(module.channels)
+
+    def to_weights(self, params) -> tuple[Array, ...]:
+        k1, k2 = params["Conv_0"]["kernel"], params["Conv_1"]["kernel"]
+        return (k1.reshape(k1.shape[0], -1, k1.shape[-1]),
+                k2.reshape(k2.shape[0], -1, k2.shape[-1]), params["Dense_0"]["kernel"])
+
+    def to_params(self, weights) -> dict:
+        w1, w2, w3 = weights
+        c0, (c1, c2) = w1.shape[1] // 9, self.channels
+        return {"Conv_0": {"kernel": w1.reshape(w1.shape[0], 3, 3, c0, c1)},
+                "Conv_1": {"kernel": w2.reshape(w2.shape[0], 3, 3, c1, c2)},
+                "Dense_0": {"kernel": w3}}
+
+    @staticmethod
+    def _patches1(x: Array) -> Array:
+        """[..., 14, 14, 1] -> [..., 6, 6, 9]: the 3x3 stride-2 windows (top/left padding 1)
+        of the 6x6 conv outputs that the 2x2 pool keeps."""
+        pad = [(0, 0)] * (x.ndim - 3) + [(1, 0), (1, 0), (0, 0)]
+        xp = jnp.pad(x, pad)[..., 0]
+        return jnp.stack([xp[..., kh:kh + 11:2, kw:kw + 11:2]
+                          for kh in range(3) for kw in range(3)], axis=-1)
+
+    def forward(self, w, x: Array, shared: bool = False):
+        """x [S, B, 14, 14, 1] (or [B, 14, 14, 1] shared by all members) -> (out [S, B, C],
+        cache)."""
+        s = "" if shared else "s"
+        p1 = self._patches1(x)                                          # [(S,) B, 6, 6, 9]
+        z1 = _bmm(f"{s}bhwk,sko->sbhwo", p1, w[0])                      # [S, B, 6, 6, c1]
+        win1 = [z1[:, :, i::2, j::2] for i in range(2) for j in range(2)]
+        m1, masks1 = _first_max_mask(win1)                              # [S, B, 3, 3, c1]
+        a1 = _leaky(m1, self.slope)
+        ap = jnp.pad(a1, [(0, 0), (0, 0), (1, 1), (1, 1), (0, 0)])      # [S, B, 5, 5, c1]
+        p2 = jnp.stack([jnp.stack([ap[:, :, 2 * r + kh, 2 * c + kw]
+                                   for kh in range(3) for kw in range(3)], axis=-2)
+                        for r in range(2) for c in range(2)], axis=2)   # [S, B, 4, 9, c1]
+        p2 = p2.reshape(*p2.shape[:3], -1)                              # [S, B, 4, 9 * c1]
+        z2 = _bmm("sbpk,sko->sbpo", p2, w[1])                           # [S, B, 4, c2]
+        m2, masks2 = _first_max_mask([z2[:, :, i] for i in range(4)])   # [S, B, c2]
+        a2 = _leaky(m2, self.slope)
+        out = _bmm("sbi,sio->sbo", a2, w[2])
+        return out, (p1, masks1, m1, p2, masks2, m2, a2, shared)
+
+    def backward(self, w, cache, d_out: Array) -> tuple[Array, ...]:
+        p1, masks1, m1, p2, masks2, m2, a2, shared = cache
+        c1 = self.channels[0]
+        g3 = _bmm("sbi,sbo->sio", a2, d_out)
+        d_m2 = _bmm("sbo,sio->sbi", d_out, w[2]) * _leaky_grad(m2, self.slope)
+        d_z2 = jnp.stack([d_m2 * mk for mk in masks2], axis=2)          # [S, B, 4, c2]
+        g2 = _bmm("sbpk,sbpo->sko", p2, d_z2)
+        d_p2 = _bmm("sbpo,sko->sbpk", d_z2, w[1])                       # [S, B, 4, 9 * c1]
+        d_p2 = d_p2.reshape(*d_p2.shape[:3], 3, 3, c1)
+        d_ap = jnp.zeros((*d_p2.shape[:2], 5, 5, c1), d_p2.dtype)
+        for pos, (r, c) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+            d_ap = d_ap.at[:, :, 2 * r:2 * r + 3, 2 * c:2 * c + 3].add(d_p2[:, :, pos])
+        d_m1 = d_ap[:, :, 1:4, 1:4] * _leaky_grad(m1, self.slope)       # [S, B, 3, 3, c1]
+        d_z1 = jnp.zeros((*d_m1.shape[:2], 6, 6, c1), d_m1.dtype)
+        for k, (i, j) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+            d_z1 = d_z1.at[:, :, i::2, j::2].set(d_m1 * masks1[k])
+        spec = "bhwk,sbhwo->sko" if shared else "sbhwk,sbhwo->sko"
+        g1 = _bmm(spec, p1, d_z1)
+        return g1, g2, g3
+
+
+def fast_kernels(module) -> FFNNKernels | CNNKernels | None:
+    """The kernels for `module`, or None where it is not a configuration they support."""
+    if type(module) is FFNN and not module.use_bias:
+        return FFNNKernels(module)
+    if (type(module) is CNN and not module.use_bias and len(module.channels) == 2):
+        return CNNKernels(module)
+    return None
+
+
+def _find_trace(opt_state):
+    """The momentum buffer of `sgd_with_weight_decay`'s state and a function that replaces it."""
+    leaves, treedef = jax.tree.flatten(opt_state,
+                                       is_leaf=lambda n: isinstance(n, optax.TraceState))
+    where = [i for i, n in enumerate(leaves) if isinstance(n, optax.TraceState)]
+    (i,) = where
+
+    def replace(trace):
+        new = list(leaves)
+        new[i] = optax.TraceState(trace=trace)
+        return jax.tree.unflatten(treedef, new)
+
+    return leaves[i].trace, replace
+
+
+class FastTrainer(BatchedTrainer):
+    """`BatchedTrainer` for a model with `fast_kernels` and SGD with momentum and coupled decay.
+
+    Same state, same outputs, same resumable layout as the plain trainer; only the programs
+    that train and evaluate differ. Build it with `make_fast_trainer`.
+    """
+
+    def __init__(self, model, kernels, loss_fn: Callable[[Array, Array], Array],
+                 batch_size: int, eval_batch_size: int = 1000,
+                 eval_budget: int = 4_000_000):
+        super().__init__(model, sgd_with_weight_decay, loss_fn, batch_size, eval_batch_size)
+        self.kernels = kernels
+        self.eval_budget = int(eval_budget)
+        self._epochs = jax.jit(self._all_epochs, static_argnums=(5,))
+        self._evaluate = jax.jit(self._all_eval)
+
+    def _loss_and_dout(self, out: Array, y: Array):
+        """Per-member loss [S] and dLoss/dout [S, B, C] of outputs [S, B, C], labels [S, B]."""
+        return jax.vmap(jax.value_and_grad(self.loss_fn))(out, y)
+
+    def _all_epochs(self, state: MemberState, hp: HParams, x: Array, y: Array, epoch0: Array,
+                    n_epochs: int):
+        k = self.kernels
+        members = state.shuffle_key.shape[0]
+        steps = x.shape[0] // self.batch_size
+        trace, replace_trace = _find_trace(state.opt_state)
+        w0, t0 = k.to_weights(state.params), k.to_weights(trace)
+
+        def per_member(v, ndim):
+            return v.reshape((members,) + (1,) * (ndim - 1))
+
+        def step(carry, idx):
+            w, t = carry
+            out, cache = k.forward(w, x[idx])
+            loss, d_out = self._loss_and_dout(out, y[idx])
+            g = k.backward(w, cache, d_out)
+            new_w, new_t = [], []
+            for wi, ti, gi in zip(w, t, g, strict=True):
+                lr, mom, wd = (per_member(v, wi.ndim) for v in
+                               (hp.learning_rate, hp.momentum, hp.weight_decay))
+                ti = (gi + wd * wi) + mom * ti
+                new_t.append(ti)
+                new_w.append(wi + ti * (-lr))
+            return (tuple(new_w), tuple(new_t)), loss
+
+        def epoch(carry, epoch_index):
+            keys = jax.vmap(lambda kd: jax.random.fold_in(jax.random.wrap_key_data(kd),
+                                                          epoch_index))(state.shuffle_key)
+            perm = jax.vmap(lambda key: jax.random.permutation(key, x.shape[0]))(keys)
+            batches = perm[:, : steps * self.batch_size].reshape(members, steps, self.batch_size)
+            carry, losses = jax.lax.scan(step, carry, batches.transpose(1, 0, 2))
+            flat = jax.vmap(lambda p: ravel_pytree(p)[0])(k.to_params(carry[0]))
+            finite = jnp.all(jnp.isfinite(losses), axis=0) & jnp.all(jnp.isfinite(flat), axis=1)
+            return carry, (jnp.mean(losses, axis=0), flat, finite)
+
+        (w, t), (loss, flat, finite) = jax.lax.scan(
+            epoch, (w0, t0), epoch0 + jnp.arange(n_epochs))
+        new_state = MemberState(k.to_params(w), replace_trace(k.to_params(t)), state.shuffle_key)
+        return new_state, (loss.T, flat.transpose(1, 0, 2), finite.T)
+
+    def _all_eval(self, params, x: Array, y: Array, n_valid: Array):
+        """Accuracy [S] and mean per-example loss [S] over the first n_valid rows of x, y.
+
+        x [nb, eb, ...], y [nb, eb]: the test set cut into batches (padded).
+        """
+        w = self.kernels.to_weights(params)
+        members = w[0].shape[0]
+        per_example = jax.vmap(jax.vmap(lambda o, t: self.loss_fn(o[None], t[None])),
+                               in_axes=(0, None))
+
+        def body(totals, batch):
+            xb, yb, mask = batch
+            out, _ = self.kernels.forward(w, xb, shared=True)           # [S, eb, C]
+            correct = jnp.sum((jnp.argmax(out, -1) == yb) * mask, axis=1)
+            loss = jnp.sum(jnp.where(mask, per_example(out, yb), 0.0), axis=1)
+            return (totals[0] + correct, totals[1] + loss), None
+
+        eb = x.shape[1]
+        mask = (jnp.arange(x.shape[0] * eb) < n_valid).reshape(x.shape[0], eb)
+        zeros = jnp.zeros((members,), jnp.float32)
+        (correct, loss), _ = jax.lax.scan(body, (zeros, zeros), (x, y, mask))
+        return correct / n_valid, loss / n_valid
+
+    def eval_batch(self, members: int) -> int:
+        # Activations of all members for one test batch stay under eval_budget floats.
+        per_example = 600 if isinstance(self.kernels, CNNKernels) else 30
+        return max(1, min(self.eval_batch_size, self.eval_budget // (members * per_example)))
+
+
+def make_fast_trainer(model, optimizer, loss_fn: Callable[[Array, Array], Array],
+                      batch_size: int, **kwargs: Any) -> BatchedTrainer:
+    """A FastTrainer where `model` and `optimizer` are supported, else the plain trainer.
+
+    `optimizer` must be `wsjax.train.sgd_with_weight_decay` itself for the fast path.
+    """
+    kernels = fast_kernels(model)
+    if kernels is None or optimizer is not sgd_with_weight_decay:
+        return BatchedTrainer(model, optimizer, loss_fn, batch_size, **kwargs)
+    return FastTrainer(model, kernels, loss_fn, batch_size, **kwargs)
