@@ -6,7 +6,7 @@ from scipy.cluster import hierarchy
 from sklearn.decomposition import TruncatedSVD
 from sklearn.metrics import adjusted_rand_score
 
-from wsjax.analysis.linkage import cut, merge_heights, single_linkage
+from wsjax.analysis.linkage import cut, merge_heights, mst, single_linkage
 from wsjax.analysis.svd import fit_svd, project
 from wsjax.errors import ConfigError
 
@@ -53,6 +53,40 @@ def test_single_linkage_matches_scipy(kind):
         if kind != "duplicates":
             want = hierarchy.fcluster(ref, k, "maxclust")
             assert adjusted_rand_score(labels, want) == 1.0
+
+
+def _scipy_heights(x):
+    return hierarchy.linkage(x, method="single")[:, 2]
+
+
+@pytest.mark.parametrize("kind", ["shuffled", "tiny_steps", "grid_ties", "few_points"])
+@pytest.mark.parametrize("group,block", [(8, 2048), (3, 6), (1, 4)])
+def test_mst_blocks_groups_and_float32_traps(kind, group, block):
+    """Edge lengths equal scipy's merge heights whatever the grouping and blocking; the cases
+    are built to trap a float32 distance: points in random order (no group is one
+    trajectory), steps down to 1e-5 beside norms of ~100 (float32 cannot tell them apart, so
+    the float64 recheck must), exact ties on an integer grid, and 2-5 points."""
+    rng = np.random.default_rng(7)
+    if kind == "shuffled":
+        x = rng.permutation(_trajectories(rng, models=5, steps=13, d=9))
+    elif kind == "tiny_steps":
+        starts = rng.normal(size=(4, 1, 16)) * 100.0
+        steps = rng.normal(size=(4, 20, 16)) * (0.5 ** np.arange(20))[None, :, None]
+        x = (starts + np.cumsum(steps, axis=1)).reshape(80, 16)
+    elif kind == "grid_ties":
+        x = np.stack(np.meshgrid(np.arange(6), np.arange(5), [0, 3]), -1).reshape(-1, 3) * 1.0
+    else:
+        x = rng.normal(size=(int(rng.integers(2, 6)), 4))
+    for n in ([x.shape[0]] if kind != "few_points" else [2, x.shape[0]]):
+        a, b, w = mst(x[:n], group=group, block=block)
+        assert len(a) == n - 1
+        np.testing.assert_allclose(np.sort(w), _scipy_heights(x[:n]), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(w, np.linalg.norm(x[a] - x[b], axis=1), rtol=1e-6)
+        # A spanning tree: n - 1 edges that connect everything.
+        labels = np.arange(n)
+        for i, j in zip(a, b, strict=True):
+            labels[labels == labels[j]] = labels[i]
+        assert len(np.unique(labels)) == 1
 
 
 def test_single_linkage_rejects_bad_input():

@@ -1,9 +1,22 @@
-"""Exact single-linkage clustering (Euclidean) via a minimum spanning tree, without n x n memory.
+"""Exact single-linkage clustering (Euclidean) via a minimum spanning tree.
 
-Single linkage equals Kruskal's merging of a minimum spanning tree's edges in increasing order,
-so we build the MST with Prim's algorithm: keep each outside point's distance to the tree, add
-the closest point, and update the distances with one matrix-vector product against the new
-point. Memory is O(n * d); the result uses scipy's linkage-matrix layout.
+Single linkage equals Kruskal's merging of a minimum spanning tree's edges in increasing order.
+We build the tree with Boruvka's algorithm on top of ONE pass of float32 matrix products:
+
+1. Points are laid out in groups of up to 8 consecutive points (a group ends early at a jump in
+   the data, where one zoo member's snapshots end and the next one's begin).
+2. One blocked pass over the upper triangle of the distance matrix (BLAS matrix products,
+   ||a||^2 + ||b||^2 - 2 a.b on centred float32 data) keeps, for every point and group, the
+   squared distance to the group's nearest point: a table of n x n/8 values, never n x n.
+3. Each Boruvka round finds every component's shortest outgoing edge. A group none of whose
+   points is in the component gives an exact (float32) candidate; a group that holds some of
+   the component's points gives only a lower bound. Every (point, group) pair whose bound
+   could beat the best candidate, within the float32 error allowed for (`tol`), is rechecked
+   in float64 against the group's points, so near-ties are decided in float64.
+4. The tree's edge lengths are recomputed as ||x_a - x_b|| in float64.
+
+Memory: the data in float32 and float64, the n x n/8 table and one block of distances.
+The result uses scipy's linkage-matrix layout.
 """
 
 from __future__ import annotations
@@ -15,51 +28,194 @@ from wsjax.errors import ConfigError
 __all__ = ["mst", "single_linkage", "merge_heights", "cut"]
 
 
-def mst(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Minimum spanning tree of the points x [n, d] under Euclidean distance.
+def _layout(x: np.ndarray, g: int) -> tuple[np.ndarray, int]:
+    """Slot of each point in a padded layout of groups of g slots: int [n], number of groups.
+
+    A group holds up to g consecutive points and ends early at a jump: a step to the next
+    point more than 4x as long as a neighbouring step (where one zoo member's snapshots end
+    and the next one's begin), so that groups rarely straddle two trajectories. If that would
+    leave more than a quarter of the slots empty, groups are plain runs of g points.
+    """
+    n = x.shape[0]
+    idx = np.arange(n)
+    step = np.concatenate([np.linalg.norm(np.diff(x[i:i + 1025], axis=0), axis=1)
+                           for i in range(0, n - 1, 1024)])
+    near = np.minimum(np.r_[np.inf, step[:-1]], np.r_[step[1:], np.inf])
+    jump = np.r_[True, step > 4.0 * near]
+    run_start = np.flatnonzero(jump)
+    new = (idx - run_start[np.cumsum(jump) - 1]) % g == 0
+    if np.count_nonzero(new) * g > 1.25 * n:
+        new = idx % g == 0
+    group = np.cumsum(new) - 1
+    return group * g + (idx - np.flatnonzero(new)[group]), int(group[-1]) + 1
+
+
+def _group_minima(xp: np.ndarray, sqp: np.ndarray, g: int, block: int) -> np.ndarray:
+    """float32 [groups, slots]: squared distance from each slot's point to the nearest point of
+    each group (itself excluded), from float32 matrix products over the padded layout.
+
+    Empty slots have an infinite squared norm, so they are never anyone's nearest point. Only
+    blocks on and above the diagonal are multiplied; each block's transpose serves the other.
+    """
+    slots = xp.shape[0]
+    pt = np.empty((slots // g, slots), np.float32)
+    for i0 in range(0, slots, block):
+        i1 = min(i0 + block, slots)
+        for j0 in range(i0, slots, block):
+            j1 = min(j0 + block, slots)
+            dist = xp[i0:i1] @ xp[j0:j1].T
+            dist *= -2.0
+            dist += sqp[i0:i1, None]
+            dist += sqp[None, j0:j1]
+            if i0 == j0:
+                np.fill_diagonal(dist, np.inf)
+            pt[i0 // g:i1 // g, j0:j1] = dist.reshape(-1, g, j1 - j0).min(axis=1)
+            if j0 != i0:
+                dist = np.ascontiguousarray(dist.T)
+                pt[j0 // g:j1 // g, i0:i1] = dist.reshape(-1, g, i1 - i0).min(axis=1)
+    np.maximum(pt, 0.0, out=pt)
+    return pt
+
+
+def _nearest_outside(xp: np.ndarray, sqp: np.ndarray, comp_slot: np.ndarray, u: np.ndarray,
+                     grp: np.ndarray, g: int) -> tuple[np.ndarray, np.ndarray]:
+    """For pairs (slot u[i], group grp[i]): the group's nearest point outside u's component.
+
+    Float64 matrix products, one per distinct group (its slots are contiguous).
+
+    Returns (slot v [k], squared distance [k] float64; inf where every point is inside).
+    """
+    v = np.zeros(u.shape[0], np.int64)
+    d2 = np.full(u.shape[0], np.inf)
+    o = np.argsort(grp, kind="stable")
+    bounds = np.flatnonzero(np.r_[True, grp[o][1:] != grp[o][:-1], True])
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=False):
+        sel = o[lo:hi]
+        g0 = int(grp[sel[0]]) * g
+        us = u[sel]
+        dd = (sqp[us][:, None] + sqp[None, g0:g0 + g]) - 2.0 * (xp[us] @ xp[g0:g0 + g].T)
+        dd[comp_slot[us][:, None] == comp_slot[None, g0:g0 + g]] = np.inf
+        j = np.argmin(dd, axis=1)
+        v[sel] = g0 + j
+        d2[sel] = dd[np.arange(len(us)), j]
+    return v, d2
+
+
+def _ragged(start: np.ndarray, size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(concatenated ranges start[p] .. start[p] + size[p] - 1, each entry's p)."""
+    pair = np.repeat(np.arange(size.shape[0]), size)
+    offs = np.arange(pair.shape[0]) - np.repeat(np.cumsum(size) - size, size)
+    return start[pair] + offs, pair
+
+
+def _component_minima(pt: np.ndarray, grp_min: np.ndarray, slot: np.ndarray,
+                       group_of: np.ndarray, comp: np.ndarray, comp_slot: np.ndarray,
+                       m: int) -> np.ndarray:
+    """float32 [groups, m]: the float32 distance from each group to each of m components.
+
+    Groups whose points all belong to one component enter as one column of grp_min [G, G],
+    the others point by point from pt [G, slots].
+    """
+    ng = grp_min.shape[0]
+    lo = np.full(ng, m)
+    hi = np.full(ng, -1)
+    np.minimum.at(lo, group_of, comp)
+    np.maximum.at(hi, group_of, comp)
+    whole = np.flatnonzero(lo == hi)
+    split = slot[lo[group_of] != hi[group_of]]
+    col_comp = np.concatenate([lo[whole], comp_slot[split]])
+    o = np.argsort(col_comp, kind="stable")
+    cols = np.concatenate([grp_min[:, whole], pt[:, split]], axis=1)[:, o]
+    q = np.minimum.reduceat(cols, np.flatnonzero(np.r_[True, np.diff(col_comp[o]) != 0]),
+                            axis=1)
+    return q
+
+
+def mst(x: np.ndarray, group: int = 8, block: int = 2048,
+        tol: float = 2.0 ** -15) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Minimum spanning tree of the points x [n, d] under Euclidean distance (exact).
+
+    Args:
+        x: [n, d] points. Fastest when near points have near indices (a zoo's snapshots,
+            model by model), correct in any order.
+        group: points per group of the group-minimum table (memory: n^2 / group float32).
+        block: rows per matrix-product block (memory: block^2 float32 values).
+        tol: relative float32 error allowed for, in units of the largest squared norm.
 
     Returns:
         (a, b, w): int [n-1], int [n-1], float64 [n-1]; edge i joins points a[i] and b[i] with
         length w[i] (recomputed directly as ||x_a - x_b|| in float64).
     """
-    x = np.asarray(x, dtype=np.float64)
+    x = np.asarray(x)
     if x.ndim != 2 or x.shape[0] < 2:
         raise ConfigError(f"single linkage needs at least 2 points as an [n, d] array, "
                           f"got shape {x.shape}")
     if not np.all(np.isfinite(x)):
         raise ConfigError("single linkage got non-finite coordinates; drop diverged snapshots")
-    n = x.shape[0]
+    n, g = x.shape[0], int(group)
+    slot, ng = _layout(x, g)
+    point_of = np.full(ng * g, -1)
+    point_of[slot] = np.arange(n)
     # Centering keeps squared norms small, so ||a||^2 + ||b||^2 - 2 a.b loses little precision.
-    x = x - x.mean(axis=0)
-    sq = np.einsum("ij,ij->i", x, x)
-    rem = np.arange(1, n)  # points outside the tree
-    xr = x[rem]
-    sqr = sq[rem]
-    best = np.full(n - 1, np.inf)  # squared distance of rem[j] to the tree
-    parent = np.zeros(n - 1, dtype=np.int64)
-    a = np.empty(n - 1, dtype=np.int64)
-    b = np.empty(n - 1, dtype=np.int64)
-    new = 0
-    alive = np.ones(n - 1, dtype=bool)
-    count = n - 1
-    for step in range(n - 1):
-        d2 = sqr - 2.0 * (xr @ x[new]) + sq[new]
-        closer = d2 < best
-        best = np.where(closer, d2, best)
-        parent = np.where(closer, new, parent)
-        j = int(np.argmin(best))
-        new = int(rem[j])
-        a[step], b[step] = parent[j], new
-        best[j] = np.inf
-        sqr[j] = np.inf  # a point in the tree never gets closer again
-        alive[j] = False
-        count -= 1
-        # Drop finished rows once half are dead, so later steps read only live points.
-        if count and count * 2 <= alive.shape[0]:
-            rem, xr, sqr = rem[alive], xr[alive], sqr[alive]
-            best, parent = best[alive], parent[alive]
-            alive = np.ones(rem.shape[0], dtype=bool)
-    w = np.linalg.norm(x[a] - x[b], axis=1)
+    xp = np.zeros((ng * g, x.shape[1]))
+    xp[slot] = x - x.mean(axis=0, dtype=np.float64)
+    sqp = np.einsum("ij,ij->i", xp, xp)
+    sqp[point_of < 0] = np.inf
+    pt = _group_minima(xp.astype(np.float32), sqp.astype(np.float32), g, max(g, block // g * g))
+    grp_min = pt.reshape(ng, ng, g).min(axis=2)  # [G, H]: float32 distance between groups
+    # A float32 squared distance may be off by this much; candidates within it are rechecked.
+    slack = 4.0 * tol * float(sqp[slot].max())
+    group_of = slot // g
+    real = np.bincount(group_of, minlength=ng)
+    comp = np.arange(n)
+    a, b = [], []
+    while True:
+        _, comp = np.unique(comp, return_inverse=True)
+        m = int(comp.max()) + 1
+        if m == 1:
+            break
+        comp_slot = np.full(ng * g, -1)
+        comp_slot[slot] = comp
+        order = np.argsort(comp, kind="stable")
+        csize = np.bincount(comp, minlength=m)
+        cstart = np.cumsum(csize) - csize
+        # q[G, C]: the float32 distance from group G to component C, a lower bound only where
+        # G holds points of C (it may be the distance to one of them).
+        if m == n:
+            # Every point alone (the first round): q is pt's columns.
+            q = pt[:, slot]
+        else:
+            q = _component_minima(pt, grp_min, slot, group_of, comp, comp_slot, m)
+        keys, counts = np.unique(comp * ng + group_of, return_counts=True)
+        sc, sg = keys // ng, keys % ng
+        pure = q.copy()
+        pure[sg, sc] = np.inf
+        thr = pure.min(axis=0) + slack
+        # Boruvka: each component's shortest outgoing edge, among the (point, group) pairs whose
+        # float32 bound could beat the best exact group minimum leaving the component.
+        cand_g, cand_c = np.nonzero(q <= thr[None, :])
+        inside = np.isin(cand_c * ng + cand_g, keys[counts == real[sg]])
+        cand_g, cand_c = cand_g[~inside], cand_c[~inside]
+        members, pair = _ragged(cstart[cand_c], csize[cand_c])
+        eu = slot[order[members]]
+        eg = cand_g[pair]
+        keep = pt[eg, eu] <= thr[cand_c[pair]]
+        eu, eg = eu[keep], eg[keep]
+        ev, ed = _nearest_outside(xp, sqp, comp_slot, eu, eg, g)
+        pu, pv = point_of[eu], point_of[ev]
+        ce = comp[pu]
+        o = np.lexsort((np.maximum(pu, pv), np.minimum(pu, pv), ed, ce))
+        o = o[np.r_[True, ce[o][1:] != ce[o][:-1]]]
+        uf = np.arange(m)
+        for e in o:
+            ra, rb = _find(uf, int(ce[e])), _find(uf, int(comp[pv[e]]))
+            if ra != rb:
+                uf[rb] = ra
+                a.append(int(pu[e]))
+                b.append(int(pv[e]))
+        comp = np.array([_find(uf, c) for c in range(m)])[comp]
+    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+    w = np.linalg.norm(xp[slot[a]] - xp[slot[b]], axis=1)
     return a, b, w
 
 
