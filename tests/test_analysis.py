@@ -89,6 +89,17 @@ def test_mst_blocks_groups_and_float32_traps(kind, group, block):
         assert len(np.unique(labels)) == 1
 
 
+def test_mst_jax_engine_equals_numpy_engine():
+    rng = np.random.default_rng(3)
+    x = _trajectories(rng, models=4, steps=11, d=10)
+    ours = mst(x, group=4, block=8, engine="jax")
+    ref = mst(x, group=4, block=8, engine="numpy")
+    np.testing.assert_allclose(np.sort(ours[2]), np.sort(ref[2]), rtol=1e-12)
+    np.testing.assert_allclose(np.sort(ours[2]), _scipy_heights(x), rtol=1e-9)
+    with pytest.raises(ConfigError, match="engine"):
+        mst(x, engine="cuda")
+
+
 def test_single_linkage_rejects_bad_input():
     with pytest.raises(ConfigError):
         single_linkage(np.zeros((1, 3)))

@@ -21,6 +21,8 @@ The result uses scipy's linkage-matrix layout.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from wsjax.errors import ConfigError
@@ -50,29 +52,69 @@ def _layout(x: np.ndarray, g: int) -> tuple[np.ndarray, int]:
     return group * g + (idx - np.flatnonzero(new)[group]), int(group[-1]) + 1
 
 
-def _group_minima(xp: np.ndarray, sqp: np.ndarray, g: int, block: int) -> np.ndarray:
+def _numpy_block(xi, xj, si, sj, diagonal: bool, g: int):
+    """(min over row groups [bi/g, bj], min over column groups [bj/g, bi]) of one block of
+    float32 squared distances (numpy: the CPU's BLAS)."""
+    dist = xi @ xj.T
+    dist *= -2.0
+    dist += si[:, None]
+    dist += sj[None, :]
+    if diagonal:
+        np.fill_diagonal(dist, np.inf)
+    rows = dist.reshape(-1, g, dist.shape[1]).min(axis=1)
+    if diagonal:
+        return rows, None
+    cols = np.ascontiguousarray(dist.T).reshape(-1, g, dist.shape[0]).min(axis=1)
+    return rows, cols
+
+
+def _jax_block():
+    """The same block kernel as one jitted JAX function (for accelerators)."""
+    import jax
+    import jax.numpy as jnp
+
+    @functools.partial(jax.jit, static_argnames=("diagonal", "g"))
+    def block(xi, xj, si, sj, diagonal: bool, g: int):
+        # Full float32 products: TF32 or bfloat16 passes would break the error bound.
+        dot = jnp.matmul(xi, xj.T, precision=jax.lax.Precision.HIGHEST)
+        dist = si[:, None] + sj[None, :] - 2.0 * dot
+        if diagonal:
+            dist = jnp.where(jnp.eye(dist.shape[0], dtype=bool), jnp.inf, dist)
+        rows = dist.reshape(-1, g, dist.shape[1]).min(axis=1)
+        cols = dist.T.reshape(-1, g, dist.shape[0]).min(axis=1)
+        return rows, cols
+
+    def run(xi, xj, si, sj, diagonal, g):
+        rows, cols = block(xi, xj, si, sj, diagonal=diagonal, g=g)
+        return np.asarray(rows), (None if diagonal else np.asarray(cols))
+
+    return run
+
+
+def _group_minima(xp: np.ndarray, sqp: np.ndarray, g: int, block: int,
+                  engine: str = "numpy") -> np.ndarray:
     """float32 [groups, slots]: squared distance from each slot's point to the nearest point of
     each group (itself excluded), from float32 matrix products over the padded layout.
 
     Empty slots have an infinite squared norm, so they are never anyone's nearest point. Only
     blocks on and above the diagonal are multiplied; each block's transpose serves the other.
+    engine: "numpy" (the CPU's BLAS, fastest on a CPU) or "jax" (XLA, for an accelerator).
     """
+    kernel = _numpy_block if engine == "numpy" else _jax_block()
+    if engine == "jax":
+        import jax.numpy as jnp
+
+        xp, sqp = jnp.asarray(xp), jnp.asarray(sqp)
     slots = xp.shape[0]
     pt = np.empty((slots // g, slots), np.float32)
     for i0 in range(0, slots, block):
         i1 = min(i0 + block, slots)
         for j0 in range(i0, slots, block):
             j1 = min(j0 + block, slots)
-            dist = xp[i0:i1] @ xp[j0:j1].T
-            dist *= -2.0
-            dist += sqp[i0:i1, None]
-            dist += sqp[None, j0:j1]
-            if i0 == j0:
-                np.fill_diagonal(dist, np.inf)
-            pt[i0 // g:i1 // g, j0:j1] = dist.reshape(-1, g, j1 - j0).min(axis=1)
-            if j0 != i0:
-                dist = np.ascontiguousarray(dist.T)
-                pt[j0 // g:j1 // g, i0:i1] = dist.reshape(-1, g, i1 - i0).min(axis=1)
+            rows, cols = kernel(xp[i0:i1], xp[j0:j1], sqp[i0:i1], sqp[j0:j1], i0 == j0, g)
+            pt[i0 // g:i1 // g, j0:j1] = rows
+            if cols is not None:
+                pt[j0 // g:j1 // g, i0:i1] = cols
     np.maximum(pt, 0.0, out=pt)
     return pt
 
@@ -108,6 +150,12 @@ def _ragged(start: np.ndarray, size: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return start[pair] + offs, pair
 
 
+def _accelerator() -> bool:
+    import jax
+
+    return jax.default_backend() != "cpu"
+
+
 def _component_minima(pt: np.ndarray, grp_min: np.ndarray, slot: np.ndarray,
                        group_of: np.ndarray, comp: np.ndarray, comp_slot: np.ndarray,
                        m: int) -> np.ndarray:
@@ -131,8 +179,8 @@ def _component_minima(pt: np.ndarray, grp_min: np.ndarray, slot: np.ndarray,
     return q
 
 
-def mst(x: np.ndarray, group: int = 8, block: int = 2048,
-        tol: float = 2.0 ** -15) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def mst(x: np.ndarray, group: int = 8, block: int = 2048, tol: float = 2.0 ** -15,
+        engine: str = "auto") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Minimum spanning tree of the points x [n, d] under Euclidean distance (exact).
 
     Args:
@@ -141,6 +189,8 @@ def mst(x: np.ndarray, group: int = 8, block: int = 2048,
         group: points per group of the group-minimum table (memory: n^2 / group float32).
         block: rows per matrix-product block (memory: block^2 float32 values).
         tol: relative float32 error allowed for, in units of the largest squared norm.
+        engine: where the distance pass runs: "numpy" (BLAS), "jax" (XLA), or "auto" (jax when
+            JAX's default backend is an accelerator, else numpy).
 
     Returns:
         (a, b, w): int [n-1], int [n-1], float64 [n-1]; edge i joins points a[i] and b[i] with
@@ -161,7 +211,12 @@ def mst(x: np.ndarray, group: int = 8, block: int = 2048,
     xp[slot] = x - x.mean(axis=0, dtype=np.float64)
     sqp = np.einsum("ij,ij->i", xp, xp)
     sqp[point_of < 0] = np.inf
-    pt = _group_minima(xp.astype(np.float32), sqp.astype(np.float32), g, max(g, block // g * g))
+    if engine == "auto":
+        engine = "jax" if _accelerator() else "numpy"
+    if engine not in ("numpy", "jax"):
+        raise ConfigError(f"unknown linkage engine {engine!r}; choose auto, numpy or jax")
+    pt = _group_minima(xp.astype(np.float32), sqp.astype(np.float32), g,
+                       max(g, block // g * g), engine)
     grp_min = pt.reshape(ng, ng, g).min(axis=2)  # [G, H]: float32 distance between groups
     # A float32 squared distance may be off by this much; candidates within it are rechecked.
     slack = 4.0 * tol * float(sqp[slot].max())
