@@ -6,7 +6,7 @@ from scipy.cluster import hierarchy
 from sklearn.decomposition import TruncatedSVD
 from sklearn.metrics import adjusted_rand_score
 
-from wsjax.analysis.linkage import cut, merge_heights, mst, single_linkage
+from wsjax.analysis.linkage import _mst_in_order, cut, merge_heights, mst, single_linkage
 from wsjax.analysis.svd import fit_svd, project
 from wsjax.errors import ConfigError
 
@@ -79,6 +79,9 @@ def test_mst_blocks_groups_and_float32_traps(kind, group, block):
         x = rng.normal(size=(int(rng.integers(2, 6)), 4))
     for n in ([x.shape[0]] if kind != "few_points" else [2, x.shape[0]]):
         a, b, w = mst(x[:n], group=group, block=block)
+        # The same without first sorting near points together (groups then mix components).
+        w_raw = _mst_in_order(x[:n], group, block, 2.0 ** -15, "numpy")[2]
+        np.testing.assert_allclose(np.sort(w_raw), np.sort(w), rtol=1e-12)
         assert len(a) == n - 1
         np.testing.assert_allclose(np.sort(w), _scipy_heights(x[:n]), rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(w, np.linalg.norm(x[a] - x[b], axis=1), rtol=1e-6)
