@@ -181,7 +181,7 @@ class Variant:
         name: registry key; doc: what it changes and why it is a candidate.
         init (PaperCNN.init_name), use_bias, pool_ceil: see PaperCNN.
         decay, coupling: see make_optimizer.
-        weight_decay: None for the paper's 0.1.
+        weight_decay, learning_rate: None for the paper's 0.1 and 0.0003.
         input_norm: standardise inputs with the usual MNIST mean/std instead of [0, 1].
         n_train: train on the first n training images (fewer steps per epoch); None: all.
         loss: MSE reduction (wsjax.train.LOSSES).
@@ -195,6 +195,7 @@ class Variant:
     decay: str = "all"
     coupling: str = "coupled"
     weight_decay: float | None = None
+    learning_rate: float | None = None
     input_norm: bool = False
     n_train: int | None = None
     loss: str = "sum"
@@ -203,7 +204,8 @@ class Variant:
         d = dataclasses.asdict(self)
         d.pop("doc")
         spec = ARCHS["cnn"]
-        d.update(learning_rate=spec.learning_rate, momentum=spec.momentum,
+        d.update(learning_rate=spec.learning_rate if self.learning_rate is None
+                 else self.learning_rate, momentum=spec.momentum,
                  batch_size=spec.batch_size,
                  weight_decay=spec.weight_decay if self.weight_decay is None
                  else self.weight_decay)
@@ -216,8 +218,15 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
             "inputs in [0, 1])"),
     Variant("wd_decoupled", "weight decay applied after momentum (w -= lr*wd*w), not through "
             "the momentum buffer as in PyTorch's SGD", coupling="decoupled"),
-    Variant("wd_0.01", "weight decay 0.01 instead of 0.1 (same decay rate per step as "
-            "wd_decoupled, other equilibrium)", weight_decay=0.01),
+    Variant("wd_0.01", "coupled weight decay 0.01 instead of 0.1: in steady state the same "
+            "balance of decay and gradient as wd_decoupled (decay times 1 - momentum)",
+            weight_decay=0.01),
+    Variant("lr_0.0001", "learning rate 0.0001 instead of 0.0003: smaller steps, fewer "
+            "sudden jumps, slower decay of the initialization", learning_rate=0.0001),
+    Variant("batch_mean_decoupled", "TWO changes: MSE averaged over the batch (summed over "
+            "classes) and decay after momentum; 12x smaller gradients, 10x weaker decay, so the "
+            "baseline's balance of the two with much smaller steps", loss="batch_mean",
+            coupling="decoupled"),
     Variant("bias_decay_all", "biases in the model (PyTorch default init), decayed, left out of "
             "the weight vector", use_bias=True),
     Variant("bias_decay_kernels", "biases in the model, weight decay on kernels only, biases "
@@ -414,6 +423,30 @@ def _f(v) -> str:
     return "–" if v is None else f"{v:.3f}"
 
 
+def step_ratio(zoo: Zoo) -> float:
+    """Mean over healthy models of |w_E - w_(E-1)| / |w_2 - w_1|: how far the epoch steps
+    have shrunk by the last epoch (small: still relaxing; near 1: a noise floor early on)."""
+    w = np.asarray(zoo.snapshots[zoo.healthy()], dtype=np.float64)
+    steps = np.linalg.norm(np.diff(w[:, 1:], axis=1), axis=2)  # [S, E-1], epochs 2..E
+    return float(np.mean(steps[:, -1] / steps[:, 0]))
+
+
+def jumps_and_dead(zoo: Zoo) -> tuple[float, float]:
+    """Mean per healthy model of (jumps, dead bottleneck features).
+
+    A jump is an epoch e >= 3 whose step |w_e - w_(e-1)| exceeds 1.5x the previous one; it
+    breaks the decreasing-step pattern the merge-height order relies on. A dead feature is one
+    of the 8 inputs of the final dense layer whose 10 outgoing weights have norm < 0.05 at the
+    last epoch (the dense kernel is the last 80 entries of the weight vector).
+    """
+    w = np.asarray(zoo.snapshots[zoo.healthy()], dtype=np.float64)
+    steps = np.linalg.norm(np.diff(w, axis=1), axis=2)  # [S, E], epochs 1..E
+    jumps = np.sum(steps[:, 2:] > 1.5 * steps[:, 1:-1], axis=1)
+    dense = w[:, -1, -80:].reshape(-1, 8, 10)
+    dead = np.sum(np.linalg.norm(dense, axis=2) < 0.05, axis=1)
+    return float(jumps.mean()), float(dead.mean())
+
+
 def variant_row(v: Variant, zoo: Zoo, ks=(50, 10)) -> dict:
     t = zoo_tables_detail(zoo, ks=ks)
     acc = np.asarray(zoo.test_accuracy)[zoo.healthy()]
@@ -422,7 +455,9 @@ def variant_row(v: Variant, zoo: Zoo, ks=(50, 10)) -> dict:
            "test_accuracy": float(acc[:, -1].mean()) if acc.size else None,
            "test_accuracy_epoch5": float(acc[:, min(5, zoo.num_epochs)].mean())
            if acc.size else None,
-           "final_norm": float(np.linalg.norm(zoo.snapshots[:, -1], axis=1).mean())}
+           "final_norm": float(np.linalg.norm(zoo.snapshots[:, -1], axis=1).mean()),
+           "step_ratio": step_ratio(zoo)}
+    row["jumps"], row["dead_features"] = jumps_and_dead(zoo)
     for r in t["rows"]:
         key = "full" if r["space"].endswith("(weight space)") else r["space"].replace(" ", "")
         row[key] = {k: r[k] for k in ("mean_purity", "overall_purity", "ordered_initial",
@@ -432,16 +467,19 @@ def variant_row(v: Variant, zoo: Zoo, ks=(50, 10)) -> dict:
 
 def comparison_markdown(rows: list[dict]) -> str:
     paper = PAPER_TABLES["cnn"]["rows"]["full"]
-    lines = ["| variant | test acc (ep 5 / last) | final norm | purity | # ordered initial "
-             "| % ordered | SVD-50 # / % | SVD-10 purity |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |",
-             f"| paper (250 seeds, 50 epochs) | – | – | {paper[0]:.3f} | {paper[1]:.3f} | "
+    lines = ["| variant | test acc (ep 5 / last) | final norm | last/first step | jumps "
+             "| dead features | purity | # ordered initial | % ordered | SVD-50 # / % "
+             "| SVD-10 purity |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+             f"| paper (250 seeds, 50 epochs) | – | – | – | – | – | {paper[0]:.3f} | "
+             f"{paper[1]:.3f} | "
              f"{paper[2]:.3f} | 17.728 / 0.675 | 0.896 |"]
     for r in rows:
         full, s50, s10 = r.get("full", {}), r.get("SVD50", {}), r.get("SVD10", {})
         lines.append(
             f"| {r['variant']} | {_f(r['test_accuracy_epoch5'])} / {_f(r['test_accuracy'])} | "
-            f"{r['final_norm']:.2f} | {_f(full.get('mean_purity'))} | "
+            f"{r['final_norm']:.2f} | {_f(r.get('step_ratio'))} | {r['jumps']:.2f} | "
+            f"{r['dead_features']:.2f} | {_f(full.get('mean_purity'))} | "
             f"{_f(full.get('ordered_initial'))} | {_f(full.get('ordered_fraction'))} | "
             f"{_f(s50.get('ordered_initial'))} / {_f(s50.get('ordered_fraction'))} | "
             f"{_f(s10.get('mean_purity'))} |")
