@@ -33,10 +33,10 @@ from wsjax.identify import ORDER_METHODS, build_index, identify, order_agreement
 from wsjax.store import atomic_write_json, load_zoo, read_json
 
 
-def _index(snaps: np.ndarray, epochs: np.ndarray, svd: int | None):
+def _index(snaps: np.ndarray, epochs: np.ndarray, svd: int | None, **kw):
     s, p = snaps.shape[0], snaps.shape[-1]
     return build_index(snaps[:, epochs].reshape(-1, p), np.repeat(np.arange(s), len(epochs)),
-                       np.tile(epochs, s), svd=svd)
+                       np.tile(epochs, s), svd=svd, **kw)
 
 
 def _flag_rate(res) -> float:
@@ -59,12 +59,14 @@ def _beyond(index, snaps: np.ndarray, epochs: int, extra: int) -> list[dict]:
 
 
 def evaluate(snaps: np.ndarray, unseen: np.ndarray, epochs: int, extra: int,
-             svd: int | None) -> dict:
-    """snaps [S, >=E+1+extra, P] indexed members, unseen [U, >=E+1, P] -> metrics dict."""
+             svd: int | None, beyond_back: float | None = None) -> dict:
+    """snaps [S, >=E+1+extra, P] indexed members, unseen [U, >=E+1, P] -> metrics dict.
+
+    beyond_back: a fixed beyond-the-end cutoff (default: each index calibrates its own)."""
     s, p = snaps.shape[0], snaps.shape[-1]
     even = np.arange(0, epochs + 1, 2)
     odd = np.arange(1, epochs + 1, 2)
-    index = _index(snaps, even, svd)
+    index = _index(snaps, even, svd, beyond_back=beyond_back)
     res = identify(index, snaps[:, odd].reshape(-1, p))
     truth = np.repeat(np.arange(s), len(odd)).astype(str)
     got = np.array([r.nearest_model for r in res])
@@ -76,7 +78,7 @@ def evaluate(snaps: np.ndarray, unseen: np.ndarray, epochs: int, extra: int,
                holdout_flagged=_flag_rate(res),
                holdout_flagged_last_odd=_flag_rate(res[len(odd) - 1::len(odd)]),
                even_last_flagged=_flag_rate(identify(index, snaps[:, even[-1]])))
-    full = _index(snaps, np.arange(epochs + 1), svd)
+    full = _index(snaps, np.arange(epochs + 1), svd, beyond_back=beyond_back)
     out["full_calibration"] = full.calibration
     out["full_last_flagged"] = _flag_rate(identify(full, snaps[:, epochs]))
     if extra:
@@ -124,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=20, help="epochs the index knows (even)")
     ap.add_argument("--extra", type=int, default=5, help="epochs past the end to identify")
     ap.add_argument("--svd", default="50,10", help="comma list of SVD ranks (plus full space)")
+    ap.add_argument("--beyond-back", type=float, default=None,
+                    help="fixed beyond-the-end cutoff (default: calibrated per index)")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
     if args.epochs < 2 or args.epochs % 2:
@@ -145,10 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     ranks = [None] + [int(k) for k in args.svd.split(",") if k]
     result = dict(run=str(args.run), arch=config["arch"], data=config["data"]["name"],
                   run_members=total, run_epochs_used=have, indexed=len(known),
-                  unseen=len(new), epochs=args.epochs, extra=args.extra, spaces=[])
+                  unseen=len(new), epochs=args.epochs, extra=args.extra,
+                  beyond_back=args.beyond_back, spaces=[])
     for k in ranks:
         t = time.perf_counter()
-        r = evaluate(snaps, unseen, args.epochs, args.extra, k)
+        r = evaluate(snaps, unseen, args.epochs, args.extra, k, args.beyond_back)
         r["seconds"] = round(time.perf_counter() - t, 1)
         result["spaces"].append(r)
         cal = r["calibration"]["beyond"]
