@@ -181,3 +181,26 @@ def test_cli_lists_and_writes_readings(tmp_path, capsys):
     assert main(["--readings", str(run)]) == 0
     assert (run / "readings.md").exists() and load_zoo(run).arch == "cnn"
     assert "merge_height" in capsys.readouterr().out
+
+
+def test_step_measures_on_a_hand_worked_trajectory(tmp_path):
+    from experiments.reproduction import dead_features, jump_count, step_ratio
+
+    zoo = _line_zoo(tmp_path)  # steps of epochs 1..4: 10, 5, 2, 1
+    assert step_ratio(zoo) == pytest.approx(1 / 5)
+    assert jump_count(zoo) == 0 and dead_features(zoo) is None
+    snaps = np.array(zoo.snapshots)
+    snaps[:, 4, 0] = 15.0 + 2.0 + 4.0  # epoch 4 steps 4 after a step of 2: one jump
+    jumped = Zoo(**{**zoo.__dict__, "snapshots": snaps})
+    assert jump_count(jumped) == 1 and step_ratio(jumped) == pytest.approx(4 / 5)
+
+
+def test_dead_features_counts_zero_dense_rows(tmp_path):
+    from experiments.reproduction import dead_features
+
+    snaps = np.ones((1, 2, 1376), np.float32)
+    snaps[0, 1, -80:].reshape(8, 10)[[1, 5]] = 0.0
+    zoo = Zoo(path=tmp_path, config={"arch": "cnn"}, snapshots=snaps,
+              test_accuracy=np.zeros((1, 2)), test_loss=np.zeros((1, 2)),
+              train_loss=np.zeros((1, 1)), diverged_epoch=np.array([-1]), seeds=np.array([0]))
+    assert dead_features(zoo) == 2.0
