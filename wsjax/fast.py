@@ -128,21 +128,22 @@ class CNNKernels:
 
     @staticmethod
     def _patches1(x: Array) -> Array:
-        """[..., 14, 14, 1] -> [..., 6, 6, 9]: the 3x3 stride-2 windows (top/left padding 1)
-        of the 6x6 conv outputs that the 2x2 pool keeps."""
+        """[..., 14, 14, 1] -> [..., 4, 3, 3, 9]: for each of the 4 places (i, j) of the 2x2
+        pool window, the 3x3 stride-2 input windows (top/left padding 1) of the conv outputs
+        at (2p + i, 2q + j), p, q < 3 (the outputs the pool keeps)."""
         pad = [(0, 0)] * (x.ndim - 3) + [(1, 0), (1, 0), (0, 0)]
         xp = jnp.pad(x, pad)[..., 0]
-        return jnp.stack([xp[..., kh:kh + 11:2, kw:kw + 11:2]
-                          for kh in range(3) for kw in range(3)], axis=-1)
+        return jnp.stack([jnp.stack([xp[..., 2 * i + kh::4, 2 * j + kw::4][..., :3, :3]
+                                     for kh in range(3) for kw in range(3)], axis=-1)
+                          for i in range(2) for j in range(2)], axis=-4)
 
     def forward(self, w, x: Array, shared: bool = False):
         """x [S, B, 14, 14, 1] (or [B, 14, 14, 1] shared by all members) -> (out [S, B, C],
         cache)."""
         s = "" if shared else "s"
-        p1 = self._patches1(x)                                          # [(S,) B, 6, 6, 9]
-        z1 = _bmm(f"{s}bhwk,sko->sbhwo", p1, w[0])                      # [S, B, 6, 6, c1]
-        win1 = [z1[:, :, i::2, j::2] for i in range(2) for j in range(2)]
-        m1, masks1 = _first_max_mask(win1)                              # [S, B, 3, 3, c1]
+        p1 = self._patches1(x)                                          # [(S,) B, 4, 3, 3, 9]
+        z1 = _bmm(f"{s}bphwk,sko->sbphwo", p1, w[0])                    # [S, B, 4, 3, 3, c1]
+        m1, masks1 = _first_max_mask([z1[:, :, i] for i in range(4)])   # [S, B, 3, 3, c1]
         a1 = _leaky(m1, self.slope)
         ap = jnp.pad(a1, [(0, 0), (0, 0), (1, 1), (1, 1), (0, 0)])      # [S, B, 5, 5, c1]
         p2 = jnp.stack([jnp.stack([ap[:, :, 2 * r + kh, 2 * c + kw]
@@ -168,10 +169,8 @@ class CNNKernels:
         for pos, (r, c) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
             d_ap = d_ap.at[:, :, 2 * r:2 * r + 3, 2 * c:2 * c + 3].add(d_p2[:, :, pos])
         d_m1 = d_ap[:, :, 1:4, 1:4] * _leaky_grad(m1, self.slope)       # [S, B, 3, 3, c1]
-        d_z1 = jnp.zeros((*d_m1.shape[:2], 6, 6, c1), d_m1.dtype)
-        for k, (i, j) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
-            d_z1 = d_z1.at[:, :, i::2, j::2].set(d_m1 * masks1[k])
-        spec = "bhwk,sbhwo->sko" if shared else "sbhwk,sbhwo->sko"
+        d_z1 = jnp.stack([d_m1 * mk for mk in masks1], axis=2)          # [S, B, 4, 3, 3, c1]
+        spec = "bphwk,sbphwo->sko" if shared else "sbphwk,sbphwo->sko"
         g1 = _bmm(spec, p1, d_z1)
         return g1, g2, g3
 
@@ -182,6 +181,15 @@ def fast_kernels(module) -> FFNNKernels | CNNKernels | None:
         return FFNNKernels(module)
     if (type(module) is CNN and not module.use_bias and len(module.channels) == 2):
         return CNNKernels(module)
+    return None
+
+
+def _member_mesh(state: MemberState):
+    """The 1-D mesh that the members are sharded over, or None when they are not sharded."""
+    for leaf in jax.tree.leaves(state.params):
+        sharding = getattr(leaf, "sharding", None)
+        if isinstance(sharding, jax.sharding.NamedSharding) and len(sharding.device_set) > 1:
+            return sharding.mesh
     return None
 
 
@@ -209,12 +217,37 @@ class FastTrainer(BatchedTrainer):
 
     def __init__(self, model, kernels, loss_fn: Callable[[Array, Array], Array],
                  batch_size: int, eval_batch_size: int = 1000,
-                 eval_budget: int = 4_000_000):
+                 eval_budget: int = 4_000_000, seed_block: int = 16):
         super().__init__(model, sgd_with_weight_decay, loss_fn, batch_size, eval_batch_size)
         self.kernels = kernels
         self.eval_budget = int(eval_budget)
+        self.seed_block = int(seed_block)
         self._epochs = jax.jit(self._all_epochs, static_argnums=(5,))
         self._evaluate = jax.jit(self._all_eval)
+        self._sharded_epochs = {}
+
+    def train_epochs(self, state: MemberState, hparams: HParams, x: Array, y: Array,
+                     first_epoch: int, n_epochs: int):
+        mesh = _member_mesh(state)
+        if mesh is None:
+            return super().train_epochs(state, hparams, x, y, first_epoch, n_epochs)
+        # Members sharded over devices (wsjax.sharding): each device trains its own members,
+        # and every output stays sharded member by member.
+        if mesh not in self._sharded_epochs:
+            spec = jax.sharding.PartitionSpec(mesh.axis_names[0])
+            rep = jax.sharding.PartitionSpec()
+
+            def sharded(state, hp, x, y, epoch0, n_epochs):
+                return jax.shard_map(
+                    lambda *a: self._all_epochs(*a, n_epochs), mesh=mesh,
+                    in_specs=(spec, spec, rep, rep, rep), out_specs=spec,
+                    check_vma=False)(state, hp, x, y, epoch0)
+
+            self._sharded_epochs[mesh] = jax.jit(sharded, static_argnums=(5,))
+        fn = self._sharded_epochs[mesh]
+        state, (loss, snaps, finite) = fn(state, hparams, x, y, jnp.int32(first_epoch),
+                                          int(n_epochs))
+        return state, loss, snaps, finite
 
     def _loss_and_dout(self, out: Array, y: Array):
         """Per-member loss [S] and dLoss/dout [S, B, C] of outputs [S, B, C], labels [S, B]."""
@@ -224,9 +257,39 @@ class FastTrainer(BatchedTrainer):
                     n_epochs: int):
         k = self.kernels
         members = state.shuffle_key.shape[0]
-        steps = x.shape[0] // self.batch_size
         trace, replace_trace = _find_trace(state.opt_state)
-        w0, t0 = k.to_weights(state.params), k.to_weights(trace)
+        # Members run in blocks, one after another, each block for all the epochs: a block's
+        # weights and activations stay in cache for the whole loop over steps.
+        blocks = -(-members // min(self.seed_block, members))
+        size = -(-members // blocks)
+        pad = jnp.minimum(jnp.arange(blocks * size), members - 1)
+
+        def split(a):
+            return a[pad].reshape(blocks, size, *a.shape[1:])
+
+        def merge(a, axis=0):
+            a = jnp.moveaxis(a, 0, axis)
+            a = a.reshape(*a.shape[:axis], blocks * size, *a.shape[axis + 2:])
+            return jax.lax.slice_in_dim(a, 0, members, axis=axis)
+
+        inputs = jax.tree.map(split, (k.to_weights(state.params), k.to_weights(trace), hp,
+                                      state.shuffle_key))
+        w, t, loss, flat, finite = jax.lax.map(
+            lambda b: self._block_epochs(*b, x, y, epoch0, n_epochs), inputs)
+        w, t = jax.tree.map(merge, (w, t))
+        new_state = MemberState(k.to_params(w), replace_trace(k.to_params(t)), state.shuffle_key)
+        return new_state, (merge(loss, 1).T, merge(flat, 1).transpose(1, 0, 2),
+                           merge(finite, 1).T)
+
+    def _block_epochs(self, w0, t0, hp: HParams, shuffle_key: Array, x: Array, y: Array,
+                      epoch0: Array, n_epochs: int):
+        """`n_epochs` epochs of one block of members.
+
+        Returns (weights, traces, loss [n, s], flat weights [n, s, P], finite [n, s]).
+        """
+        k = self.kernels
+        members = shuffle_key.shape[0]
+        steps = x.shape[0] // self.batch_size
 
         def per_member(v, ndim):
             return v.reshape((members,) + (1,) * (ndim - 1))
@@ -247,7 +310,7 @@ class FastTrainer(BatchedTrainer):
 
         def epoch(carry, epoch_index):
             keys = jax.vmap(lambda kd: jax.random.fold_in(jax.random.wrap_key_data(kd),
-                                                          epoch_index))(state.shuffle_key)
+                                                          epoch_index))(shuffle_key)
             perm = jax.vmap(lambda key: jax.random.permutation(key, x.shape[0]))(keys)
             batches = perm[:, : steps * self.batch_size].reshape(members, steps, self.batch_size)
             carry, losses = jax.lax.scan(step, carry, batches.transpose(1, 0, 2))
@@ -257,8 +320,7 @@ class FastTrainer(BatchedTrainer):
 
         (w, t), (loss, flat, finite) = jax.lax.scan(
             epoch, (w0, t0), epoch0 + jnp.arange(n_epochs))
-        new_state = MemberState(k.to_params(w), replace_trace(k.to_params(t)), state.shuffle_key)
-        return new_state, (loss.T, flat.transpose(1, 0, 2), finite.T)
+        return w, t, loss, flat, finite
 
     def _all_eval(self, params, x: Array, y: Array, n_valid: Array):
         """Accuracy [S] and mean per-example loss [S] over the first n_valid rows of x, y.
