@@ -166,8 +166,11 @@ def _beyond_calibration(points: np.ndarray, model: np.ndarray, epoch: np.ndarray
     """The beyond-the-end rule, calibrated on the index by leaving points out.
 
     Positives (leave-last-out): each trajectory's last snapshot against the trajectory without
-    it, i.e. one indexed step beyond a shorter end. Negatives (leave-one-out): each interior
-    snapshot against its trajectory without it. Unless `back` is given, the cutoff on `back`
+    it, i.e. one indexed step beyond a shorter end. Negatives (leave-one-out near the end):
+    each trajectory's second-to-last snapshot against the trajectory without it, the interior
+    point most like a positive (points farther back are mostly kept out by the guard, and
+    counting them would let easy negatives outvote the hard ones). Unless `back` is given, the
+    cutoff on `back`
     maximises TPR - FPR over 0.25..0.75 (the value of the best set nearest 0.5, the midpoint
     between the ideal 1 for interior and 0 for beyond points; the range keeps a few stray
     calibration points from pushing it to an extreme).
@@ -179,7 +182,7 @@ def _beyond_calibration(points: np.ndarray, model: np.ndarray, epoch: np.ndarray
         pts = points[sel]
         if len(pts) < 3:
             continue
-        for i in range(1, len(pts)):
+        for i in (len(pts) - 2, len(pts) - 1):
             rest = np.delete(pts, i, axis=0)
             d, _, _, j, _ = _segment_distance(pts[i], rest, np.delete(epoch[sel], i))
             (pos if i == len(pts) - 1 else neg).append(_end_geometry(pts[i], rest, j, d))
