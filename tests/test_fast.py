@@ -1,0 +1,122 @@
+"""The hand-written kernels (wsjax.fast) against the plain vmapped trainer and a per-seed loop."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from test_train import per_seed_reference, small
+
+from wsjax.fast import CNNKernels, FastTrainer, fast_kernels, make_fast_trainer
+from wsjax.models import ARCHS
+from wsjax.train import BatchedTrainer, HParams, mse_mean, mse_sum, sgd_with_weight_decay
+from wsjax.zoo import ZooConfig, make_trainer
+
+TOL = dict(rtol=2e-5, atol=2e-6)
+
+
+def hparams(name: str) -> HParams:
+    spec = ARCHS[name]
+    return HParams(spec.learning_rate, spec.momentum, spec.weight_decay)
+
+
+def both(name: str, loss=mse_sum, seed_block: int = 2):
+    spec = ARCHS[name]
+    plain = BatchedTrainer(spec.make_module(), sgd_with_weight_decay, loss, spec.batch_size)
+    fast = make_fast_trainer(spec.make_module(), sgd_with_weight_decay, loss, spec.batch_size,
+                             seed_block=seed_block)
+    assert isinstance(fast, FastTrainer)
+    return plain, fast
+
+
+def shaped(ds, name):
+    shape = ARCHS[name].input_shape
+    return (jnp.asarray(ds.x_train.reshape(-1, *shape)), jnp.asarray(ds.y_train),
+            jnp.asarray(ds.x_test.reshape(-1, *shape)), jnp.asarray(ds.y_test))
+
+
+@pytest.mark.parametrize("name,n_train,loss", [("ffnn", 40, mse_sum), ("cnn", 48, mse_sum),
+                                               ("ffnn", 40, mse_mean)])
+def test_fast_epochs_equal_plain_trainer(digits, name, n_train, loss):
+    x, y, _, _ = shaped(small(digits, n_train), name)
+    plain, fast = both(name, loss)
+    members = 5  # three blocks of two, the last padded
+    hp = plain.broadcast_hparams(hparams(name), members)
+    state = plain.init(jax.random.split(jax.random.key(3), members), hp, x)
+    want = plain.train_epochs(state, hp, x, y, 1, 2)
+    got = fast.train_epochs(state, hp, x, y, 1, 2)
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), **TOL)
+    # the weights moved: the comparison is not between two initialisations
+    assert not np.allclose(want[2][:, -1], plain.flat_params(state))
+
+
+@pytest.mark.parametrize("name,n_train", [("ffnn", 40), ("cnn", 60)])
+def test_fast_zoo_equals_per_seed_loop(digits, name, n_train):
+    ds = small(digits, n_train, n_test=50)
+    _, fast = both(name)
+    keys = jax.random.split(jax.random.key(42), 3)
+    result = fast.fit(keys, ds, epochs=2, hparams=hparams(name))
+    for i in range(3):
+        ref = per_seed_reference(name, keys[i], ds, epochs=2)
+        np.testing.assert_allclose(result.snapshots[i], ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["ffnn", "cnn"])
+def test_fast_evaluation_equals_plain(digits, name):
+    _, _, xt, yt = shaped(small(digits, 12, n_test=157), name)
+    plain, fast = both(name)
+    hp = plain.broadcast_hparams(hparams(name), 4)
+    state = plain.init(jax.random.split(jax.random.key(0), 4), hp, xt)
+    fast.eval_batch_size = 50  # several test batches and a padded last one
+    for g, w in zip(fast.evaluate(state, xt, yt), plain.evaluate(state, xt, yt), strict=True):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), **TOL)
+
+
+def test_cnn_gradient_with_tied_pool_windows():
+    """Blank and constant images tie inside pool windows; the gradient must go where JAX's own
+    derivative of the Flax max-pool sends it."""
+    module = ARCHS["cnn"].make_module()
+    rng = np.random.default_rng(0)
+    x = rng.random((6, 14, 14, 1)).astype(np.float32)
+    x[0] = 0.0
+    x[1] = 0.5
+    x[2, :, :7] = 0.0
+    y = jnp.asarray([1, 2, 3, 4, 5, 6])
+    params = jax.vmap(lambda k: module.init(k, jnp.asarray(x[:1]))["params"])(
+        jax.random.split(jax.random.key(1), 2))
+    want = jax.vmap(jax.grad(lambda p: mse_sum(module.apply({"params": p}, x), y)))(params)
+    kernels = CNNKernels(module)
+    w = kernels.to_weights(params)
+    xs = jnp.broadcast_to(jnp.asarray(x), (2, *x.shape))
+    out, cache = kernels.forward(w, xs)
+    d_out = jax.vmap(jax.grad(mse_sum))(out, jnp.broadcast_to(y, (2, 6)))
+    got = kernels.to_params(kernels.backward(w, cache, d_out))
+    for g, v in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(v), rtol=1e-5, atol=1e-6)
+
+
+def test_unsupported_configurations_fall_back_to_plain_trainer(digits):
+    spec = ARCHS["ffnn"]
+    assert fast_kernels(spec.make_module(use_bias=True)) is None
+    assert fast_kernels(nn.Dense(3)) is None
+    assert type(make_fast_trainer(spec.make_module(), lambda hp: optax.adam(1e-3), mse_sum,
+                                  4)) is BatchedTrainer
+    assert isinstance(make_trainer(ZooConfig(arch="cnn", dataset="digits")), FastTrainer)
+    assert type(make_trainer(ZooConfig(arch="cnn", dataset="digits"), fast=False)) \
+        is BatchedTrainer
+    # a model with biases trains on the plain path and equals the plain trainer
+    config = ZooConfig(arch="ffnn", dataset="digits", use_bias=True, seeds=2, epochs=1)
+    trainer = make_trainer(config)
+    assert type(trainer) is BatchedTrainer
+    ds = small(digits, 40, n_test=50)
+    keys = jax.random.split(jax.random.key(0), 2)
+    got = trainer.fit(keys, ds, epochs=1, hparams=config.hparams())
+    want = BatchedTrainer(spec.make_module(use_bias=True), sgd_with_weight_decay, mse_sum,
+                          spec.batch_size).fit(keys, ds, epochs=1, hparams=config.hparams())
+    np.testing.assert_array_equal(got.snapshots, want.snapshots)
