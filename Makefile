@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 WSJAX_MNIST_DIR ?= $(wildcard ../shared/data/mnist)
 export WSJAX_MNIST_DIR
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench bench-table lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,18 @@ test: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
-bench: $(VENV)/.installed
-	$(PY) -m pytest benchmarks -q --benchmark-columns=median,iqr,rounds
+# PyTorch is needed by the benchmarks only, never by `make test`.
+$(VENV)/.peers: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e ".[peers]"
+	touch $@
+
+bench: $(VENV)/.peers
+	$(PY) -m pytest benchmarks -q -o python_files="bench_*.py" \
+		--benchmark-columns=median,iqr,rounds
+
+# One table: wsjax against the PyTorch peers, 250 seeds (minutes).
+bench-table: $(VENV)/.peers
+	$(PY) benchmarks/train_table.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,297 @@
+"""Zoo training speed: wsjax (fast kernels, plain vmap) against two PyTorch peers, one table.
+
+    python benchmarks/train_table.py                      # 250 seeds, both architectures
+    python benchmarks/train_table.py --seeds 32 --arch cnn --repeats 3
+
+Rows are architectures; each row runs in one fresh process, where every trainer trains the
+same number of seeds with the paper's SGD settings (momentum 0.9, learning rate and weight
+decay of Table 1, summed MSE, batch 4 for the FFNN and 12 for the CNN) on the same random data,
+its repeats interleaved with the other trainers' repeats. Speed is model-steps per second
+(seeds x optimizer steps / second), the median over the repeats; the ratios are wsjax-fast
+over each peer. The peers:
+
+- PyTorch, one seed after another: a `torch.nn` model and `torch.optim.SGD` per seed, the way
+  zoos are usually trained;
+- PyTorch `torch.func` ensemble: `stack_module_state` + `vmap(grad(functional_call))` over all
+  seeds, the SGD update done on the stacked tensors.
+
+PyTorch rows need `pip install torch` (the `bench` extra); without it they are skipped with a
+message. A last fresh process per architecture trains the fast wsjax zoo alone and reports its
+peak resident memory (ru_maxrss).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+TRAINERS = ("wsjax-fast", "wsjax-plain", "torch-loop", "torch-func")
+
+
+def random_data(arch: str, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """float32 inputs [n, 196] or [n, 14, 14, 1] in [0, 1) and int32 labels [n]."""
+    from wsjax.models import get_arch
+
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, *get_arch(arch).input_shape), dtype=np.float32)
+    return x, rng.integers(0, 10, n).astype(np.int32)
+
+
+def wsjax_runner(arch: str, seeds: int, steps: int, fast: bool) -> Callable[[], float]:
+    """A function that trains `seeds` members for `steps` optimizer steps and returns seconds."""
+    import jax
+    import jax.numpy as jnp
+
+    from wsjax.zoo import ZooConfig, make_trainer, member_keys
+
+    config = ZooConfig(arch=arch, seeds=seeds, dataset="digits")
+    trainer = make_trainer(config, fast=fast)
+    x, y = random_data(arch, steps * trainer.batch_size)
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    hp = trainer.broadcast_hparams(config.hparams(), seeds)
+    state = trainer.init(member_keys(np.arange(seeds)), hp, x)
+    epoch = [1]
+
+    def run() -> float:
+        nonlocal state
+        t0 = time.perf_counter()
+        state, loss, _, _ = trainer.train_epochs(state, hp, x, y, epoch[0], 1)
+        jax.block_until_ready((state, loss))
+        epoch[0] += 1
+        return time.perf_counter() - t0
+
+    run()  # compile
+    return run
+
+
+def _torch_model(arch: str):
+    from torch import nn
+
+    if arch == "ffnn":
+        return nn.Sequential(nn.Linear(196, 10, bias=False), nn.Sigmoid(),
+                             nn.Linear(10, 10, bias=False), nn.Sigmoid(),
+                             nn.Linear(10, 10, bias=False))
+    return nn.Sequential(nn.Conv2d(1, 16, 3, 2, 1, bias=False), nn.MaxPool2d(2),
+                         nn.LeakyReLU(0.01), nn.Conv2d(16, 8, 3, 2, 1, bias=False),
+                         nn.MaxPool2d(2), nn.LeakyReLU(0.01), nn.Flatten(),
+                         nn.Linear(8, 10, bias=False))
+
+
+def _torch_setup(arch: str, seeds: int, steps: int):
+    """(paper settings, inputs, one-hot targets, `seeds` fresh torch models) for `steps` steps."""
+    import torch
+
+    from wsjax.models import get_arch
+
+    spec = get_arch(arch)
+    x, y = random_data(arch, steps * spec.batch_size)
+    x = torch.from_numpy(x)
+    if arch == "cnn":
+        x = x.permute(0, 3, 1, 2).contiguous()
+    t = torch.nn.functional.one_hot(torch.from_numpy(y).long(), 10).float()
+    torch.manual_seed(0)
+    return spec, x, t, [_torch_model(arch) for _ in range(seeds)]
+
+
+def torch_loop_runner(arch: str, seeds: int, steps: int) -> Callable[[], float]:
+    """One model and one torch.optim.SGD per seed, trained one seed after another."""
+    import torch
+
+    spec, x, t, models = _torch_setup(arch, seeds, steps)
+    bs = spec.batch_size
+    opts = [torch.optim.SGD(m.parameters(), lr=spec.learning_rate, momentum=spec.momentum,
+                            weight_decay=spec.weight_decay) for m in models]
+    gen = torch.Generator().manual_seed(0)
+
+    def run() -> float:
+        t0 = time.perf_counter()
+        for model, opt in zip(models, opts, strict=True):
+            perm = torch.randperm(len(x), generator=gen)
+            for s in range(steps):
+                idx = perm[s * bs:(s + 1) * bs]
+                opt.zero_grad(set_to_none=True)
+                loss = ((model(x[idx]) - t[idx]) ** 2).sum()
+                loss.backward()
+                opt.step()
+        return time.perf_counter() - t0
+
+    run()
+    return run
+
+
+def torch_func_runner(arch: str, seeds: int, steps: int) -> Callable[[], float]:
+    """All seeds as one torch.func ensemble: vmap(grad(functional_call)) and a stacked SGD."""
+    import copy
+
+    import torch
+    from torch.func import functional_call, grad, stack_module_state, vmap
+
+    spec, x, t, models = _torch_setup(arch, seeds, steps)
+    bs = spec.batch_size
+    params, buffers = stack_module_state(models)
+    base = copy.deepcopy(models[0]).to("meta")
+    names = list(params)
+    momentum = {k: torch.zeros_like(v) for k, v in params.items()}
+    lr, mom, wd = spec.learning_rate, spec.momentum, spec.weight_decay
+
+    def loss_of(p, b, xb, tb):
+        return ((functional_call(base, (p, b), (xb,)) - tb) ** 2).sum()
+
+    grads_of = vmap(grad(loss_of))
+    gen = torch.Generator().manual_seed(0)
+
+    def run() -> float:
+        t0 = time.perf_counter()
+        order = torch.stack([torch.randperm(len(x), generator=gen) for _ in range(seeds)])
+        with torch.no_grad():
+            for s in range(steps):
+                idx = order[:, s * bs:(s + 1) * bs]
+                grads = grads_of(params, buffers, x[idx], t[idx])
+                for k in names:
+                    d = grads[k].add_(params[k], alpha=wd)  # as torch.optim.SGD
+                    momentum[k].mul_(mom).add_(d)
+                    params[k].sub_(momentum[k], alpha=lr)
+        return time.perf_counter() - t0
+
+    run()
+    return run
+
+
+def measure_row(arch: str, seeds: int, steps: dict[str, int], repeats: int) -> dict:
+    """Median model-steps/s of every available trainer, repeats interleaved."""
+    runners, skipped = {}, {}
+    for name in TRAINERS:
+        if name.startswith("torch"):
+            try:
+                import torch  # noqa: F401
+            except ImportError:
+                skipped[name] = "torch is not installed (pip install torch)"
+                continue
+        make = {"wsjax-fast": lambda n: wsjax_runner(arch, seeds, n, True),
+                "wsjax-plain": lambda n: wsjax_runner(arch, seeds, n, False),
+                "torch-loop": lambda n: torch_loop_runner(arch, seeds, n),
+                "torch-func": lambda n: torch_func_runner(arch, seeds, n)}[name]
+        runners[name] = make(steps[name])
+    times = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            times[name].append(run())
+    rates = {name: seeds * steps[name] / float(np.median(ts)) for name, ts in times.items()}
+    return {"arch": arch, "seeds": seeds, "rates": rates, "skipped": skipped,
+            "torch": _torch_version()}
+
+
+def _torch_version() -> str | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.__version__
+
+
+def measure_memory(arch: str, seeds: int, n_train: int) -> dict:
+    """Peak resident memory of a process that trains a fast wsjax zoo for one epoch."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    from wsjax.models import get_arch
+
+    run = wsjax_runner(arch, seeds, n_train // get_arch(arch).batch_size, True)
+    run()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"arch": arch, "seeds": seeds, "n_train": n_train, "peak_rss_mib": peak / 1024,
+            "rss_before_jax_mib": before / 1024}
+
+
+def _in_fresh_process(args: list[str]) -> dict:
+    res = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"benchmark process failed:\n{res.stderr[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def format_table(rows: list[dict], memory: list[dict], torch_threads: int = 1) -> str:
+    head = ("| arch | seeds | wsjax fast | wsjax plain (vmap) | PyTorch one seed after another "
+            "| PyTorch torch.func ensemble | fast / plain | fast / loop | fast / torch.func |")
+    lines = [head, "|" + " --- |" * 9]
+    for r in rows:
+        rate = r["rates"]
+
+        def cell(name, rate=rate):
+            return f"{rate[name]:,.0f}" if name in rate else "skipped"
+
+        def ratio(name, rate=rate):
+            return f"{rate['wsjax-fast'] / rate[name]:.1f}x" if name in rate else "-"
+
+        lines.append(f"| {r['arch']} | {r['seeds']} | {cell('wsjax-fast')} | "
+                     f"{cell('wsjax-plain')} | {cell('torch-loop')} | {cell('torch-func')} | "
+                     f"{ratio('wsjax-plain')} | {ratio('torch-loop')} | {ratio('torch-func')} |")
+    notes = ["", "model-steps/s (seeds x optimizer steps / s), medians; ratios from the same "
+             "process."]
+    for r in rows:
+        for name, why in r["skipped"].items():
+            notes.append(f"{r['arch']}: {name} skipped: {why}")
+    versions = {r["torch"] for r in rows if r["torch"]}
+    if versions:
+        notes.append(f"PyTorch {', '.join(sorted(versions))}, {torch_threads} intra-op "
+                     "thread(s)")
+    for m in memory:
+        notes.append(f"peak memory, {m['arch']} fast zoo of {m['seeds']} seeds, one epoch of "
+                     f"{m['n_train']:,} examples: {m['peak_rss_mib']:,.0f} MiB resident "
+                     f"(ru_maxrss)")
+    return "\n".join(lines + notes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", nargs="+", choices=["ffnn", "cnn"], default=["ffnn", "cnn"])
+    p.add_argument("--seeds", type=int, default=250)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--steps", type=int, default=None,
+                   help="optimizer steps per repeat for the wsjax trainers (default per arch)")
+    p.add_argument("--memory-train", type=int, default=24_000,
+                   help="training examples of the peak-memory run (0: skip it)")
+    p.add_argument("--torch-threads", type=int, default=1,
+                   help="PyTorch intra-op threads (default 1: faster than 2 for these tiny "
+                        "models on a busy 2-core machine)")
+    p.add_argument("--row", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--memory", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.row:
+        steps = json.loads(a.row)
+        try:
+            import torch
+
+            torch.set_num_threads(a.torch_threads)
+        except ImportError:
+            pass
+        print(json.dumps(measure_row(a.arch[0], a.seeds, steps, a.repeats)))
+        return 0
+    if a.memory:
+        print(json.dumps(measure_memory(a.arch[0], a.seeds, int(a.memory))))
+        return 0
+    rows, memory = [], []
+    for arch in a.arch:
+        fast = a.steps or {"ffnn": 1000, "cnn": 200}[arch]
+        # the slower trainers run fewer steps per repeat, so that a repeat takes seconds
+        steps = {"wsjax-fast": fast, "wsjax-plain": max(1, fast // 4),
+                 "torch-loop": max(20, fast // 50), "torch-func": max(1, fast // 8)}
+        rows.append(_in_fresh_process(["--arch", arch, "--seeds", str(a.seeds), "--repeats",
+                                       str(a.repeats), "--torch-threads",
+                                       str(a.torch_threads), "--row", json.dumps(steps)]))
+        print(format_table(rows, memory, a.torch_threads), file=sys.stderr, flush=True)
+    if a.memory_train:
+        for arch in a.arch:
+            memory.append(_in_fresh_process(["--arch", arch, "--seeds", str(a.seeds),
+                                             "--memory", str(a.memory_train)]))
+    print(format_table(rows, memory, a.torch_threads))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
