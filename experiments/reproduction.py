@@ -223,6 +223,9 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
             weight_decay=0.01),
     Variant("lr_0.0001", "learning rate 0.0001 instead of 0.0003: smaller steps, fewer "
             "sudden jumps, slower decay of the initialization", learning_rate=0.0001),
+    Variant("lr_0.000025", "learning rate 0.0003 / 12: the summed loss taking the steps of a "
+            "batch-averaged loss (batch_mean_decoupled is this plus 20% more decay)",
+            learning_rate=0.000025),
     Variant("batch_mean", "MSE summed over classes and averaged over the batch (12x smaller "
             "gradients than the sum)", loss="batch_mean"),
     Variant("batch_mean_decoupled", "TWO changes: MSE averaged over the batch (summed over "
