@@ -3,7 +3,9 @@
     pytest benchmarks/bench_train.py --benchmark-columns=median,iqr,rounds
 
 A small case (32 seeds, a few hundred optimizer steps) of what benchmarks/train_table.py
-measures at full size; see that script for the setup. PyTorch cases skip without torch.
+measures at full size; see that script for the setup. The PyTorch cases run a tenth of the
+steps per round (each case's extra_info holds its model-steps per round: divide by the time
+for model-steps/s). PyTorch cases skip without torch.
 """
 
 from __future__ import annotations
