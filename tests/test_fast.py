@@ -93,7 +93,7 @@ def test_cnn_gradient_with_tied_pool_windows():
     want = jax.vmap(jax.grad(lambda p: mse_sum(module.apply({"params": p}, x), y)))(params)
     kernels = CNNKernels(module)
     w = kernels.to_weights(params)
-    xs = jnp.broadcast_to(jnp.asarray(x), (2, *x.shape))
+    xs = jnp.broadcast_to(kernels.prepare(jnp.asarray(x)), (2, 6, 36, 9))
     out, cache = kernels.forward(w, xs)
     d_out = jax.vmap(jax.grad(mse_sum))(out, jnp.broadcast_to(y, (2, 6)))
     got = kernels.to_params(kernels.backward(w, cache, d_out))
@@ -120,3 +120,20 @@ def test_unsupported_configurations_fall_back_to_plain_trainer(digits):
     want = BatchedTrainer(spec.make_module(use_bias=True), sgd_with_weight_decay, mse_sum,
                           spec.batch_size).fit(keys, ds, epochs=1, hparams=config.hparams())
     np.testing.assert_array_equal(got.snapshots, want.snapshots)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 1000, 60_000])
+def test_host_permutations_equal_jax_permutation(n):
+    """Sorted on the host, the data orders are jax.random.permutation's bit for bit. At 60,000
+    rows two of the 32-bit sort keys of a row collide in most rows, so the stable order of
+    equal keys is checked too."""
+    from wsjax.fast import permutations
+
+    keys = jax.random.split(jax.random.key(7), 6)
+    want = jax.vmap(lambda k: jax.random.permutation(k, n))(keys)
+    got = jax.jit(lambda k: permutations(k, n, on_host=True))(keys)
+    assert got.dtype == want.dtype and got.shape == (6, n)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    if n == 60_000:  # the claim above: some row really has equal keys in a round
+        sub = jax.vmap(lambda k: jax.random.bits(jax.random.split(k)[1], (n,), jnp.uint32))(keys)
+        assert any(len(np.unique(row)) < n for row in np.asarray(sub))

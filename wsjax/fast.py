@@ -27,19 +27,36 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
 from wsjax.models import CNN, FFNN
 from wsjax.train import BatchedTrainer, HParams, MemberState, sgd_with_weight_decay
 
-__all__ = ["FastTrainer", "make_fast_trainer", "fast_kernels", "FFNNKernels", "CNNKernels"]
+__all__ = ["FastTrainer", "make_fast_trainer", "fast_kernels", "FFNNKernels", "CNNKernels",
+           "permutations"]
 
 Array = jax.Array
 
 
 def _bmm(spec: str, a: Array, b: Array) -> Array:
     return jnp.einsum(spec, a, b, precision=jax.lax.Precision.HIGHEST)
+
+
+def _dense(x: Array, w: Array, transposed: bool = True, shared: bool = False) -> Array:
+    """x [S, B, I] (or [B, I] shared) times per-member w [S, O, I] (transposed) or [S, I, O].
+
+    For small batches as one batched matrix-vector product per example: on a CPU those run
+    several times faster than one batched product of [B, I] blocks, which the matrix library
+    handles poorly at this size.
+    """
+    wspec = "soi" if transposed else "sio"
+    if shared:
+        return _bmm(f"bi,{wspec}->sbo", x, w)
+    if x.shape[1] > 8:
+        return _bmm(f"sbi,{wspec}->sbo", x, w)
+    return jnp.stack([_bmm(f"si,{wspec}->so", x[:, b], w) for b in range(x.shape[1])], axis=1)
 
 
 def _outer_sum(a: Array, d: Array) -> Array:
@@ -95,22 +112,26 @@ class FFNNKernels:
         return {n: {"kernel": jnp.swapaxes(w, 1, 2)}
                 for n, w in zip(self.names, weights, strict=True)}
 
+    @staticmethod
+    def prepare(x: Array) -> Array:
+        """Inputs [N, ...] -> the features `forward` takes, [N, 196] (flattened, as FFNN)."""
+        return x.reshape(x.shape[0], -1)
+
     def forward(self, w, x: Array, shared: bool = False):
-        """x [S, B, ...] (or [B, ...] shared by all members) -> (out [S, B, C], cache)."""
-        s = "" if shared else "s"
-        x = x.reshape((*x.shape[: 1 if shared else 2], -1))
-        h1 = jax.nn.sigmoid(_bmm(f"{s}bi,soi->sbo", x, w[0]))
-        h2 = jax.nn.sigmoid(_bmm("sbi,soi->sbo", h1, w[1]))
-        return _bmm("sbi,soi->sbo", h2, w[2]), (x, h1, h2)
+        """Features x [S, B, 196] (or [B, 196] shared by all members) -> (out [S, B, C],
+        cache)."""
+        h1 = jax.nn.sigmoid(_dense(x, w[0], shared=shared))
+        h2 = jax.nn.sigmoid(_dense(h1, w[1]))
+        return _dense(h2, w[2]), (x, h1, h2)
 
     def backward(self, w, cache, d_out: Array) -> tuple[Array, ...]:
         """Gradients of the weights from d_out = dLoss/d_out [S, B, C]."""
         x, h1, h2 = cache
         g3 = _outer_sum(d_out, h2)
-        d2 = _bmm("sbo,soi->sbi", d_out, w[2]) * h2 * (1 - h2)
+        d2 = _dense(d_out, w[2], transposed=False) * h2 * (1 - h2)
         g2 = _outer_sum(d2, h1)
         # materialised once, not recomputed inside the [S, 10, 196] update loop
-        d1 = jax.lax.optimization_barrier(_bmm("sbo,soi->sbi", d2, w[1]) * h1 * (1 - h1))
+        d1 = jax.lax.optimization_barrier(_dense(d2, w[1], transposed=False) * h1 * (1 - h1))
         g1 = _outer_sum(d1, x)
         return g1, g2, g3
 
@@ -143,22 +164,27 @@ class CNNKernels:
                 "Dense_0": {"kernel": w3}}
 
     @staticmethod
-    def _patches1(x: Array) -> Array:
-        """[..., 14, 14, 1] -> [..., 4, 3, 3, 9]: for each of the 4 places (i, j) of the 2x2
-        pool window, the 3x3 stride-2 input windows (top/left padding 1) of the conv outputs
-        at (2p + i, 2q + j), p, q < 3 (the outputs the pool keeps)."""
-        pad = [(0, 0)] * (x.ndim - 3) + [(1, 0), (1, 0), (0, 0)]
-        xp = jnp.pad(x, pad)[..., 0]
-        return jnp.stack([jnp.stack([xp[..., 2 * i + kh::4, 2 * j + kw::4][..., :3, :3]
-                                     for kh in range(3) for kw in range(3)], axis=-1)
-                          for i in range(2) for j in range(2)], axis=-4)
+    def prepare(x: Array) -> Array:
+        """Inputs [N, 14, 14, 1] -> the features `forward` takes: the first conv's input windows
+        [N, 36, 9], once for the whole data set (shared by all members and steps).
+
+        Row 9 * (2i + j) + 3p + q holds the 3x3 stride-2 window (top/left padding 1) of the conv
+        output at (2p + i, 2q + j), p, q < 3: the outputs the 2x2 pool keeps, grouped by place
+        (i, j) in the pool window. Columns in (kh, kw) order, as Flax's kernel.
+        """
+        xp = jnp.pad(x[..., 0], [(0, 0), (1, 0), (1, 0)])
+        p = jnp.stack([jnp.stack([xp[:, 2 * i + kh::4, 2 * j + kw::4][:, :3, :3]
+                                  for kh in range(3) for kw in range(3)], axis=-1)
+                       for i in range(2) for j in range(2)], axis=1)    # [N, 4, 3, 3, 9]
+        return p.reshape(x.shape[0], 36, 9)
 
     def forward(self, w, x: Array, shared: bool = False):
-        """x [S, B, 14, 14, 1] (or [B, 14, 14, 1] shared by all members) -> (out [S, B, C],
+        """Features x [S, B, 36, 9] (or [B, 36, 9] shared by all members) -> (out [S, B, C],
         cache)."""
         s = "" if shared else "s"
-        p1 = self._patches1(x)                                          # [(S,) B, 4, 3, 3, 9]
-        z1 = _bmm(f"{s}bphwk,sko->sbphwo", p1, w[0])                    # [S, B, 4, 3, 3, c1]
+        p1 = x
+        z1 = _bmm(f"{s}brk,sko->sbro", p1, w[0])                        # [S, B, 36, c1]
+        z1 = z1.reshape(*z1.shape[:2], 4, 3, 3, z1.shape[-1])
         m1, masks1 = _first_max_mask([z1[:, :, i] for i in range(4)])   # [S, B, 3, 3, c1]
         a1 = _leaky(m1, self.slope)
         ap = jnp.pad(a1, [(0, 0), (0, 0), (1, 1), (1, 1), (0, 0)])      # [S, B, 5, 5, c1]
@@ -186,8 +212,8 @@ class CNNKernels:
             d_ap = d_ap.at[:, :, 2 * r:2 * r + 3, 2 * c:2 * c + 3].add(d_p2[:, :, pos])
         d_m1 = d_ap[:, :, 1:4, 1:4] * _leaky_grad(m1, self.slope)       # [S, B, 3, 3, c1]
         d_z1 = jnp.stack([d_m1 * mk for mk in masks1], axis=2)          # [S, B, 4, 3, 3, c1]
-        spec = "bphwk,sbphwo->sko" if shared else "sbphwk,sbphwo->sko"
-        g1 = _bmm(spec, p1, d_z1)
+        d_z1 = d_z1.reshape(*d_z1.shape[:2], 36, c1)
+        g1 = _bmm("brk,sbro->sko" if shared else "sbrk,sbro->sko", p1, d_z1)
         return g1, g2, g3
 
 
@@ -198,6 +224,56 @@ def fast_kernels(module) -> FFNNKernels | CNNKernels | None:
     if (type(module) is CNN and not module.use_bias and len(module.channels) == 2):
         return CNNKernels(module)
     return None
+
+
+def _stable_argsort_rows(sort_keys: np.ndarray) -> np.ndarray:
+    """Stable argsort of each row of uint32 keys [S, n] -> int32 [S, n], in NumPy.
+
+    Key and position packed into one unique uint64 make an unstable sort give the stable
+    order; NumPy's SIMD sort of uint64 is several times faster than a stable sort of uint32.
+    """
+    n = sort_keys.shape[-1]
+    packed = (sort_keys.astype(np.uint64) << np.uint64(32)) | np.arange(n, dtype=np.uint64)
+    return (np.sort(packed, axis=-1) & np.uint64(0xFFFFFFFF)).astype(np.int32)
+
+
+def _host_shuffle(sort_keys: np.ndarray) -> np.ndarray:
+    """uint32 sort keys [rounds, S, n] -> the permutations [S, n] that the rounds give."""
+    sort_keys = np.asarray(sort_keys)
+    perm = np.broadcast_to(np.arange(sort_keys.shape[-1], dtype=np.int32), sort_keys.shape[1:])
+    for round_keys in sort_keys:
+        perm = np.take_along_axis(perm, _stable_argsort_rows(round_keys), axis=-1)
+    return perm
+
+
+def permutations(keys: Array, n: int, on_host: bool | None = None) -> Array:
+    """`jax.random.permutation(key, n)` for each of the typed keys [S], bit for bit: [S, n].
+
+    jax.random.permutation sorts random 32-bit keys with a stable sort, in a few rounds. On a
+    CPU, XLA's sort is slow (about 1 s for 64 permutations of 24,000 rows, as much as a
+    quarter of an FFNN epoch's training); there the random keys are drawn in JAX as
+    jax.random.permutation draws them and the sorting is done by NumPy in a callback.
+    `on_host`: default, on the host when JAX's default backend is the CPU.
+    """
+    if on_host is None:
+        on_host = jax.default_backend() == "cpu"
+    if not on_host:
+        return jax.vmap(lambda key: jax.random.permutation(key, n))(keys)
+    # the rounds of jax.random.permutation's shuffle (jax/_src/random: _shuffle)
+    rounds = int(np.ceil(3 * np.log(max(1, n)) / np.log(np.iinfo(np.uint32).max)))
+    if rounds == 0:
+        return jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (keys.shape[0], n))
+
+    def draws(key):
+        out = []
+        for _ in range(rounds):
+            key, sub = jax.random.split(key)
+            out.append(jax.random.bits(sub, (n,), jnp.uint32))
+        return jnp.stack(out)
+
+    sort_keys = jnp.swapaxes(jax.vmap(draws)(keys), 0, 1)              # [rounds, S, n]
+    shape = jax.ShapeDtypeStruct(sort_keys.shape[1:], jnp.int32)
+    return jax.pure_callback(_host_shuffle, shape, sort_keys, vmap_method="sequential")
 
 
 def _member_mesh(state: MemberState):
@@ -245,44 +321,63 @@ class FastTrainer(BatchedTrainer):
         self.kernels = kernels
         self.eval_budget = int(eval_budget)
         self.seed_block = int(seed_block or kernels.seed_block)
-        self._epochs = jax.jit(self._all_epochs, static_argnums=(5,))
-        self._evaluate = jax.jit(self._all_eval)
-        self._sharded_epochs = {}
+        self._epoch = jax.jit(self._all_epoch)
+        self._orders = jax.jit(self._epoch_orders, static_argnums=(2,))
+        self._sharded_epoch = {}
 
     def train_epochs(self, state: MemberState, hparams: HParams, x: Array, y: Array,
                      first_epoch: int, n_epochs: int):
+        if x.shape[0] < self.batch_size:
+            return super().train_epochs(state, hparams, x, y, first_epoch, n_epochs)
         mesh = _member_mesh(state)
         if mesh is None:
-            return super().train_epochs(state, hparams, x, y, first_epoch, n_epochs)
-        # Members sharded over devices (wsjax.sharding): each device trains its own members,
-        # and every output stays sharded member by member.
-        if mesh not in self._sharded_epochs:
-            spec = jax.sharding.PartitionSpec(mesh.axis_names[0])
-            rep = jax.sharding.PartitionSpec()
-
-            def sharded(state, hp, x, y, epoch0, n_epochs):
-                return jax.shard_map(
-                    lambda *a: self._all_epochs(*a, n_epochs), mesh=mesh,
-                    in_specs=(spec, spec, rep, rep, rep), out_specs=spec,
-                    check_vma=False)(state, hp, x, y, epoch0)
-
-            self._sharded_epochs[mesh] = jax.jit(sharded, static_argnums=(5,))
-        fn = self._sharded_epochs[mesh]
-        state, (loss, snaps, finite) = fn(state, hparams, x, y, jnp.int32(first_epoch),
-                                          int(n_epochs))
+            fn = self._epoch
+        else:
+            # Members sharded over devices (wsjax.sharding): each device trains its own members,
+            # and every output stays sharded member by member.
+            if mesh not in self._sharded_epoch:
+                spec = jax.sharding.PartitionSpec(mesh.axis_names[0])
+                rep = jax.sharding.PartitionSpec()
+                self._sharded_epoch[mesh] = jax.jit(jax.shard_map(
+                    self._all_epoch, mesh=mesh, in_specs=(spec, spec, rep, rep, spec),
+                    out_specs=spec, check_vma=False))
+            fn = self._sharded_epoch[mesh]
+        # The data orders are drawn by a program of their own: its host callback (see
+        # `permutations`) must not run inside a program that spans several devices.
+        keys = jnp.asarray(jax.device_get(state.shuffle_key))
+        outs = []
+        for e in range(first_epoch, first_epoch + n_epochs):
+            orders = self._orders(keys, jnp.int32(e), x.shape[0])
+            if mesh is not None:
+                orders = jax.device_put(orders, jax.sharding.NamedSharding(
+                    mesh, jax.sharding.PartitionSpec(mesh.axis_names[0])))
+            state, out = fn(state, hparams, x, y, orders)
+            outs.append(out)
+        loss, snaps, finite = (jnp.concatenate(o, axis=1) if len(outs) > 1 else o[0]
+                               for o in zip(*outs, strict=True))
         return state, loss, snaps, finite
+
+    def _epoch_orders(self, shuffle_key: Array, epoch: Array, n: int) -> Array:
+        """The order [S, n] of the training set in `epoch` for each member, as the plain
+        trainer draws it: a permutation by fold_in(shuffle_key, epoch)."""
+        keys = jax.vmap(lambda kd: jax.random.fold_in(jax.random.wrap_key_data(kd), epoch))(
+            shuffle_key)
+        return permutations(keys, n)
 
     def _loss_and_dout(self, out: Array, y: Array):
         """Per-member loss [S] and dLoss/dout [S, B, C] of outputs [S, B, C], labels [S, B]."""
         return jax.vmap(jax.value_and_grad(self.loss_fn))(out, y)
 
-    def _all_epochs(self, state: MemberState, hp: HParams, x: Array, y: Array, epoch0: Array,
-                    n_epochs: int):
+    def _all_epoch(self, state: MemberState, hp: HParams, x: Array, y: Array, orders: Array):
+        """One epoch of all members, the data taken in `orders` [S, N].
+
+        Returns (state, (loss [S, 1], flat weights [S, 1, P], finite [S, 1])).
+        """
         k = self.kernels
         members = state.shuffle_key.shape[0]
         trace, replace_trace = _find_trace(state.opt_state)
-        # Members run in blocks, one after another, each block for all the epochs: a block's
-        # weights and activations stay in cache for the whole loop over steps.
+        # Members run in blocks, one after another: a block's weights and activations stay in
+        # cache for the whole loop over steps.
         blocks = -(-members // min(self.seed_block, members))
         size = -(-members // blocks)
         pad = jnp.minimum(jnp.arange(blocks * size), members - 1)
@@ -290,36 +385,33 @@ class FastTrainer(BatchedTrainer):
         def split(a):
             return a[pad].reshape(blocks, size, *a.shape[1:])
 
-        def merge(a, axis=0):
-            a = jnp.moveaxis(a, 0, axis)
-            a = a.reshape(*a.shape[:axis], blocks * size, *a.shape[axis + 2:])
-            return jax.lax.slice_in_dim(a, 0, members, axis=axis)
+        def merge(a):
+            return a.reshape(blocks * size, *a.shape[2:])[:members]
 
         inputs = jax.tree.map(split, (k.to_weights(state.params), k.to_weights(trace), hp,
-                                      state.shuffle_key))
-        w, t, loss, flat, finite = jax.lax.map(
-            lambda b: self._block_epochs(*b, x, y, epoch0, n_epochs), inputs)
-        w, t = jax.tree.map(merge, (w, t))
+                                      orders))
+        feats = k.prepare(x)
+        w, t, loss, flat, finite = jax.tree.map(merge, jax.lax.map(
+            lambda b: self._block_epoch(*b, feats, y), inputs))
         new_state = MemberState(k.to_params(w), replace_trace(k.to_params(t)), state.shuffle_key)
-        return new_state, (merge(loss, 1).T, merge(flat, 1).transpose(1, 0, 2),
-                           merge(finite, 1).T)
+        return new_state, (loss[:, None], flat[:, None], finite[:, None])
 
-    def _block_epochs(self, w0, t0, hp: HParams, shuffle_key: Array, x: Array, y: Array,
-                      epoch0: Array, n_epochs: int):
-        """`n_epochs` epochs of one block of members.
+    def _block_epoch(self, w, t, hp: HParams, orders: Array, feats: Array, y: Array):
+        """One epoch of one block of s members on the training set's features [N, ...]
+        (`kernels.prepare`), in `orders` [s, N].
 
-        Returns (weights, traces, loss [n, s], flat weights [n, s, P], finite [n, s]).
+        Returns (weights, traces, mean loss [s], flat weights [s, P], finite [s]).
         """
         k = self.kernels
-        members = shuffle_key.shape[0]
-        steps = x.shape[0] // self.batch_size
+        members = orders.shape[0]
+        steps = feats.shape[0] // self.batch_size
 
         def per_member(v, ndim):
             return v.reshape((members,) + (1,) * (ndim - 1))
 
         def step(carry, idx):
             w, t = carry
-            out, cache = k.forward(w, x[idx])
+            out, cache = k.forward(w, feats[idx])
             loss, d_out = self._loss_and_dout(out, y[idx])
             g = k.backward(w, cache, d_out)
             new_w, new_t = [], []
@@ -331,19 +423,11 @@ class FastTrainer(BatchedTrainer):
                 new_w.append(wi + ti * (-lr))
             return (tuple(new_w), tuple(new_t)), loss
 
-        def epoch(carry, epoch_index):
-            keys = jax.vmap(lambda kd: jax.random.fold_in(jax.random.wrap_key_data(kd),
-                                                          epoch_index))(shuffle_key)
-            perm = jax.vmap(lambda key: jax.random.permutation(key, x.shape[0]))(keys)
-            batches = perm[:, : steps * self.batch_size].reshape(members, steps, self.batch_size)
-            carry, losses = jax.lax.scan(step, carry, batches.transpose(1, 0, 2))
-            flat = jax.vmap(lambda p: ravel_pytree(p)[0])(k.to_params(carry[0]))
-            finite = jnp.all(jnp.isfinite(losses), axis=0) & jnp.all(jnp.isfinite(flat), axis=1)
-            return carry, (jnp.mean(losses, axis=0), flat, finite)
-
-        (w, t), (loss, flat, finite) = jax.lax.scan(
-            epoch, (w0, t0), epoch0 + jnp.arange(n_epochs))
-        return w, t, loss, flat, finite
+        batches = orders[:, : steps * self.batch_size].reshape(members, steps, self.batch_size)
+        (w, t), losses = jax.lax.scan(step, (w, t), batches.transpose(1, 0, 2))
+        flat = jax.vmap(lambda p: ravel_pytree(p)[0])(k.to_params(w))
+        finite = jnp.all(jnp.isfinite(losses), axis=0) & jnp.all(jnp.isfinite(flat), axis=1)
+        return w, t, jnp.mean(losses, axis=0), flat, finite
 
     def _all_eval(self, params, x: Array, y: Array, n_valid: Array):
         """Accuracy [S] and mean per-example loss [S] over the first n_valid rows of x, y.
@@ -357,7 +441,7 @@ class FastTrainer(BatchedTrainer):
 
         def body(totals, batch):
             xb, yb, mask = batch
-            out, _ = self.kernels.forward(w, xb, shared=True)           # [S, eb, C]
+            out, _ = self.kernels.forward(w, self.kernels.prepare(xb), shared=True)  # [S, eb, C]
             correct = jnp.sum((jnp.argmax(out, -1) == yb) * mask, axis=1)
             loss = jnp.sum(jnp.where(mask, per_example(out, yb), 0.0), axis=1)
             return (totals[0] + correct, totals[1] + loss), None
