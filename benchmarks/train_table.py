@@ -8,7 +8,10 @@ same number of seeds with the paper's SGD settings (momentum 0.9, learning rate 
 decay of Table 1, summed MSE, batch 4 for the FFNN and 12 for the CNN) on the same random data,
 its repeats interleaved with the other trainers' repeats. Speed is model-steps per second
 (seeds x optimizer steps / second), the median over the repeats; the ratios are wsjax-fast
-over each peer. The peers:
+over each peer. wsjax-fast runs on all cores: the process gives JAX one CPU device per core
+(`wsjax.sharding.use_cpu_cores`, as `python -m experiments.zoo` does) and shards the seeds over
+them; wsjax-fast-1 is the same trainer on one device, wsjax-plain the plain vmapped trainer on
+one device. The peers:
 
 - PyTorch, one seed after another: a `torch.nn` model and `torch.optim.SGD` per seed, the way
   zoos are usually trained;
@@ -32,7 +35,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-TRAINERS = ("wsjax-fast", "wsjax-plain", "torch-loop", "torch-func")
+TRAINERS = ("wsjax-fast", "wsjax-fast-1", "wsjax-plain", "torch-loop", "torch-func")
 
 
 def random_data(arch: str, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -44,19 +47,30 @@ def random_data(arch: str, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarra
     return x, rng.integers(0, 10, n).astype(np.int32)
 
 
-def wsjax_runner(arch: str, seeds: int, steps: int, fast: bool) -> Callable[[], float]:
-    """A function that trains `seeds` members for `steps` optimizer steps and returns seconds."""
+def wsjax_runner(arch: str, seeds: int, steps: int, fast: bool,
+                 devices: int = 1) -> Callable[[], float]:
+    """A function that trains `seeds` members for `steps` optimizer steps and returns seconds.
+
+    devices > 1: the members sharded over that many local devices (wsjax.sharding), padded to
+    a multiple of it with copies as `run_zoo` does; only the `seeds` members are counted.
+    """
     import jax
     import jax.numpy as jnp
 
+    from wsjax.sharding import seed_mesh, shard_members
     from wsjax.zoo import ZooConfig, make_trainer, member_keys
 
-    config = ZooConfig(arch=arch, seeds=seeds, dataset="digits")
+    members = -(-seeds // devices) * devices
+    config = ZooConfig(arch=arch, seeds=members, dataset="digits")
     trainer = make_trainer(config, fast=fast)
     x, y = random_data(arch, steps * trainer.batch_size)
     x, y = jnp.asarray(x), jnp.asarray(y)
-    hp = trainer.broadcast_hparams(config.hparams(), seeds)
-    state = trainer.init(member_keys(np.arange(seeds)), hp, x)
+    hp = trainer.broadcast_hparams(config.hparams(), members)
+    state = trainer.init(member_keys(np.minimum(np.arange(members), seeds - 1)), hp, x)
+    if devices > 1:
+        mesh = seed_mesh(jax.local_devices()[:devices])
+        state, hp = shard_members(state, mesh), shard_members(hp, mesh)
+        x, y = shard_members((x, y), mesh, replicate=True)
     epoch = [1]
 
     def run() -> float:
@@ -167,6 +181,7 @@ def torch_func_runner(arch: str, seeds: int, steps: int) -> Callable[[], float]:
 def measure_row(arch: str, seeds: int, steps: dict[str, int], repeats: int) -> dict:
     """Median model-steps/s of every available trainer, repeats interleaved."""
     runners, skipped = {}, {}
+    cores = len(jax_devices())
     for name in TRAINERS:
         if name.startswith("torch"):
             try:
@@ -174,7 +189,10 @@ def measure_row(arch: str, seeds: int, steps: dict[str, int], repeats: int) -> d
             except ImportError:
                 skipped[name] = "torch is not installed (pip install torch)"
                 continue
-        make = {"wsjax-fast": lambda n: wsjax_runner(arch, seeds, n, True),
+        if name == "wsjax-fast-1" and cores == 1:
+            continue  # the same as wsjax-fast
+        make = {"wsjax-fast": lambda n: wsjax_runner(arch, seeds, n, True, cores),
+                "wsjax-fast-1": lambda n: wsjax_runner(arch, seeds, n, True),
                 "wsjax-plain": lambda n: wsjax_runner(arch, seeds, n, False),
                 "torch-loop": lambda n: torch_loop_runner(arch, seeds, n),
                 "torch-func": lambda n: torch_func_runner(arch, seeds, n)}[name]
@@ -185,7 +203,13 @@ def measure_row(arch: str, seeds: int, steps: dict[str, int], repeats: int) -> d
             times[name].append(run())
     rates = {name: seeds * steps[name] / float(np.median(ts)) for name, ts in times.items()}
     return {"arch": arch, "seeds": seeds, "rates": rates, "skipped": skipped,
-            "torch": _torch_version()}
+            "torch": _torch_version(), "devices": len(jax_devices())}
+
+
+def jax_devices() -> list:
+    import jax
+
+    return jax.local_devices()
 
 
 def _torch_version() -> str | None:
@@ -201,7 +225,8 @@ def measure_memory(arch: str, seeds: int, n_train: int) -> dict:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     from wsjax.models import get_arch
 
-    run = wsjax_runner(arch, seeds, n_train // get_arch(arch).batch_size, True)
+    run = wsjax_runner(arch, seeds, n_train // get_arch(arch).batch_size, True,
+                       len(jax_devices()))
     run()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"arch": arch, "seeds": seeds, "n_train": n_train, "peak_rss_mib": peak / 1024,
@@ -216,9 +241,10 @@ def _in_fresh_process(args: list[str]) -> dict:
 
 
 def format_table(rows: list[dict], memory: list[dict], torch_threads: int = 1) -> str:
-    head = ("| arch | seeds | wsjax fast | wsjax plain (vmap) | PyTorch one seed after another "
-            "| PyTorch torch.func ensemble | fast / plain | fast / loop | fast / torch.func |")
-    lines = [head, "|" + " --- |" * 9]
+    head = ("| arch | seeds | wsjax fast, all cores | wsjax fast, 1 device | wsjax plain (vmap) "
+            "| PyTorch one seed after another | PyTorch torch.func ensemble | fast / plain "
+            "| fast / loop | fast / torch.func |")
+    lines = [head, "|" + " --- |" * 10]
     for r in rows:
         rate = r["rates"]
 
@@ -229,10 +255,13 @@ def format_table(rows: list[dict], memory: list[dict], torch_threads: int = 1) -
             return f"{rate['wsjax-fast'] / rate[name]:.1f}x" if name in rate else "-"
 
         lines.append(f"| {r['arch']} | {r['seeds']} | {cell('wsjax-fast')} | "
-                     f"{cell('wsjax-plain')} | {cell('torch-loop')} | {cell('torch-func')} | "
+                     f"{cell('wsjax-fast-1')} | {cell('wsjax-plain')} | {cell('torch-loop')} | "
+                     f"{cell('torch-func')} | "
                      f"{ratio('wsjax-plain')} | {ratio('torch-loop')} | {ratio('torch-func')} |")
     notes = ["", "model-steps/s (seeds x optimizer steps / s), medians; ratios from the same "
-             "process."]
+             "process. wsjax fast, all cores: the seeds sharded over "
+             f"{rows[0].get('devices', 1) if rows else 1} CPU device(s), one per core "
+             "(wsjax.sharding.use_cpu_cores)."]
     for r in rows:
         for name, why in r["skipped"].items():
             notes.append(f"{r['arch']}: {name} skipped: {why}")
@@ -262,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--row", default=None, help=argparse.SUPPRESS)
     p.add_argument("--memory", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.row or a.memory:
+        from wsjax.sharding import use_cpu_cores
+
+        use_cpu_cores()  # before JAX starts: one CPU device per core
     if a.row:
         steps = json.loads(a.row)
         try:
@@ -279,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     for arch in a.arch:
         fast = a.steps or {"ffnn": 1000, "cnn": 200}[arch]
         # the slower trainers run fewer steps per repeat, so that a repeat takes seconds
-        steps = {"wsjax-fast": fast, "wsjax-plain": max(1, fast // 4),
+        steps = {"wsjax-fast": fast, "wsjax-fast-1": fast, "wsjax-plain": max(1, fast // 4),
                  "torch-loop": max(20, fast // 50), "torch-func": max(1, fast // 8)}
         rows.append(_in_fresh_process(["--arch", arch, "--seeds", str(a.seeds), "--repeats",
                                        str(a.repeats), "--torch-threads",

@@ -38,8 +38,9 @@ def build_parser() -> ArgumentParser:
                    help="train at most N seeds at once (less memory, same results)")
     p.add_argument("--out", default=None, help="run directory (default runs/<arch>-<dataset>)")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--devices", type=int, default=None,
-                   help="shard the seeds over this many local devices (0: all); default one")
+    p.add_argument("--devices", type=int, default=0,
+                   help="shard the seeds over this many local devices (default 0: all; on a "
+                        "CPU each core is one device)")
     p.add_argument("--coordinator", default=None,
                    help="multi-host: HOST:PORT of process 0 (jax.distributed); each process "
                         "writes its own shard of --out")
@@ -50,6 +51,10 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.coordinator is None:
+        from wsjax.sharding import use_cpu_cores
+
+        use_cpu_cores()  # before JAX starts: on a CPU, one device per core
     config = ZooConfig(arch=args.arch, dataset=args.dataset, seeds=args.seeds,
                        seed_start=args.seed_start, epochs=args.epochs, loss=args.loss,
                        learning_rate=args.lr, weight_decay=args.weight_decay,
@@ -63,16 +68,15 @@ def main(argv: list[str] | None = None) -> int:
         initialize_distributed(args.coordinator, args.num_processes, args.process_id)
         run_zoo_sharded(config, out, data_dir=args.data_dir, progress=not args.no_progress)
         return 0
-    mesh = None
-    if args.devices is not None:
-        import jax
+    import jax
 
-        from wsjax.sharding import seed_mesh
+    from wsjax.sharding import seed_mesh
 
-        local = jax.local_devices()
-        if not 0 <= args.devices <= len(local):
-            raise ConfigError(f"--devices must be 0..{len(local)} (0: all local devices)")
-        mesh = seed_mesh(local[: args.devices or len(local)])
+    local = jax.local_devices()
+    if not 0 <= args.devices <= len(local):
+        raise ConfigError(f"--devices must be 0..{len(local)} (0: all local devices)")
+    devices = local[: args.devices or len(local)]
+    mesh = seed_mesh(devices) if len(devices) > 1 else None
     run_zoo(config, out, data_dir=args.data_dir, progress=not args.no_progress, mesh=mesh)
     return 0
 

@@ -124,3 +124,19 @@ def test_cli_rejects_more_devices_than_local():
     with pytest.raises(ConfigError, match="--num-processes"):
         main(["--arch", "ffnn", "--dataset", "digits", "--coordinator", "127.0.0.1:1",
               "--out", "unused", "--no-progress"])
+
+
+def test_use_cpu_cores_makes_one_device_per_core():
+    code = ("from wsjax.sharding import use_cpu_cores; n = use_cpu_cores(3); import jax; "
+            "print(n, jax.local_device_count(), use_cpu_cores(2))")
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+    env["JAX_PLATFORMS"] = "cpu"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=TIMEOUT_S)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["3", "3", "0"]  # too late once JAX has started
+    # the user's own device count wins
+    out = subprocess.run([sys.executable, "-c", code], env=_env(2), capture_output=True,
+                         text=True, timeout=TIMEOUT_S)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["0", "2", "0"]

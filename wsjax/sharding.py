@@ -35,10 +35,37 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from wsjax.errors import ConfigError, RunDirError
 from wsjax.store import Zoo, atomic_write_json, load_zoo, read_json
 
-__all__ = ["SEED_AXIS", "seed_mesh", "shard_members", "process_block", "run_zoo_sharded",
-           "load_sharded_zoo", "is_sharded_run", "initialize_distributed"]
+__all__ = ["SEED_AXIS", "seed_mesh", "shard_members", "use_cpu_cores", "process_block",
+           "run_zoo_sharded", "load_sharded_zoo", "is_sharded_run", "initialize_distributed"]
 
 SEED_AXIS = "seeds"
+
+
+def use_cpu_cores(n: int | None = None) -> int:
+    """Makes JAX's CPU backend one device per core, so that a seed mesh uses every core.
+
+    XLA runs one program on a CPU device mostly on one thread; the zoo's small per-step
+    operations do not spread over cores. With one CPU device per core and the members sharded
+    over them, every core trains its own members (about 1.5-1.8x faster on 2 cores).
+
+    Call before JAX runs anything. `n`: devices wanted (default: the cores this process may
+    use). Returns the number of CPU devices JAX will have, or 0 where it is too late to change
+    (JAX already initialised, or the user set it: JAX_NUM_CPU_DEVICES or XLA_FLAGS'
+    --xla_force_host_platform_device_count win).
+    """
+    import os
+
+    if "JAX_NUM_CPU_DEVICES" in os.environ or \
+            "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return 0
+    if n is None:
+        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    n = max(1, int(n or 1))
+    try:
+        jax.config.update("jax_num_cpu_devices", n)
+    except RuntimeError:
+        return 0
+    return n
 
 
 def seed_mesh(devices=None) -> Mesh:
