@@ -36,9 +36,9 @@ from wsjax.errors import ConfigError
 from wsjax.models import ARCHS, kaiming_normal
 from wsjax.store import (
     Zoo,
-    atomic_save_npz,
     atomic_write_bytes,
     atomic_write_json,
+    finish_run,
     load_zoo,
     read_json,
 )
@@ -295,15 +295,13 @@ def write_run(out: Path, identity: dict, result, seeds: np.ndarray) -> Path:
     """Writes a completed run directory in wsjax.store's layout (progress.json last)."""
     out.mkdir(parents=True, exist_ok=True)
     _save_npy(out / "snapshots.npy", result.snapshots.astype(np.float32))
-    atomic_save_npz(out / "metrics.npz", test_accuracy=result.test_accuracy,
-                    test_loss=result.test_loss, train_loss=result.train_loss,
-                    diverged_epoch=result.diverged_epoch, seeds=seeds)
-    atomic_write_json(out / "config.json", {
-        **identity, "arch": "cnn", "num_params": int(result.snapshots.shape[2]),
-        "seeds": seeds.tolist(), "epochs": int(result.snapshots.shape[1] - 1),
-        "flatten_order": "jax.flatten_util.ravel_pytree, kernels only"})
-    atomic_write_json(out / "progress.json",
-                      {"completed_epochs": int(result.snapshots.shape[1] - 1), "complete": True})
+    epochs = int(result.snapshots.shape[1] - 1)
+    finish_run(out, {**identity, "arch": "cnn", "num_params": int(result.snapshots.shape[2]),
+                     "seeds": seeds.tolist(), "epochs": epochs,
+                     "flatten_order": "jax.flatten_util.ravel_pytree, kernels only"}, epochs,
+               {"test_accuracy": result.test_accuracy, "test_loss": result.test_loss,
+                "train_loss": result.train_loss, "diverged_epoch": result.diverged_epoch,
+                "seeds": seeds})
     return out
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_save_npz",
     "read_json",
+    "finish_run",
 ]
 
 METRIC_KEYS = ("test_accuracy", "test_loss", "train_loss", "diverged_epoch", "seeds")
@@ -82,6 +83,24 @@ def read_json(path: str | os.PathLike) -> Any:
         raise RunDirError(f"{path}: not found") from None
     except json.JSONDecodeError as e:
         raise RunDirError(f"{path}: not valid JSON ({e})") from None
+
+
+def finish_run(run_dir: str | os.PathLike, config: dict, epochs: int,
+               metrics: dict[str, np.ndarray]) -> None:
+    """Marks a run directory whose snapshots.npy is written as complete.
+
+    Writes metrics.npz (the METRIC_KEYS of `metrics`), config.json (`config`, complete) and,
+    last, progress.json {"completed_epochs": epochs, "complete": true}: a reader never sees a
+    complete run without its metrics and configuration.
+    """
+    run_dir = Path(run_dir)
+    missing = [k for k in METRIC_KEYS if k not in metrics]
+    if missing:
+        raise ValueError(f"finish_run: metrics lack {', '.join(missing)}")
+    atomic_save_npz(run_dir / "metrics.npz", **{k: np.asarray(metrics[k]) for k in METRIC_KEYS})
+    atomic_write_json(run_dir / "config.json", config)
+    atomic_write_json(run_dir / "progress.json", {"completed_epochs": int(epochs),
+                                                  "complete": True})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,7 +20,7 @@ from wsjax.data import Dataset, load_dataset
 from wsjax.errors import ConfigError, RunDirError
 from wsjax.fast import make_fast_trainer
 from wsjax.models import get_arch
-from wsjax.store import atomic_save_npz, atomic_write_json, load_zoo, read_json
+from wsjax.store import atomic_save_npz, atomic_write_json, finish_run, load_zoo, read_json
 from wsjax.train import BatchedTrainer, HParams, diverged_epochs, get_loss, sgd_with_weight_decay
 
 __all__ = ["ZooConfig", "run_zoo", "make_trainer", "member_keys", "dataset_fingerprint"]
@@ -260,14 +260,8 @@ def run_zoo(config: ZooConfig, out_dir: str | Path, dataset: Dataset | None = No
     bar.close()
     elapsed = time.perf_counter() - t_start
 
-    diverged = diverged_epochs(metrics["finite"])
-    atomic_save_npz(out / "metrics.npz", test_accuracy=metrics["test_accuracy"],
-                    test_loss=metrics["test_loss"], train_loss=metrics["train_loss"],
-                    diverged_epoch=diverged, seeds=seeds)
-    cfg = read_json(config_path)
-    cfg["num_params"] = num_params
-    atomic_write_json(config_path, cfg)
-    atomic_write_json(out / "progress.json", {"completed_epochs": E, "complete": True})
+    finish_run(out, {**read_json(config_path), "num_params": num_params}, E,
+               {**metrics, "diverged_epoch": diverged_epochs(metrics["finite"]), "seeds": seeds})
     state_path.unlink(missing_ok=True)
     del snapshots
     _summary(out, log, elapsed, E - done, members, steps, spec.name)
