@@ -30,19 +30,25 @@ from wsjax.errors import ConfigError
 __all__ = ["mst", "single_linkage", "merge_heights", "cut"]
 
 
-def _locality_order(x: np.ndarray, leaf: int) -> np.ndarray | None:
+def _steps(x: np.ndarray) -> np.ndarray:
+    """Distances between consecutive points, float [n - 1] (in blocks: little memory)."""
+    return np.concatenate([np.linalg.norm(np.diff(x[i:i + 1025], axis=0), axis=1)
+                           for i in range(0, x.shape[0] - 1, 1024)] or [np.zeros(0)])
+
+
+def _locality_order(x: np.ndarray, leaf: int, head: np.ndarray) -> np.ndarray | None:
     """A permutation that puts near points next to each other, or None if x already does.
 
-    x counts as ordered when consecutive points are on median less than half as far apart as
-    random pairs (a zoo's snapshots, model by model). Otherwise the points are sorted into the
-    leaves of a principal-direction tree (each cell split at the median of its points'
-    projection on their leading direction), computed on a 64-dimensional random projection.
+    x counts as ordered when consecutive points (`head`: the first steps, `_steps`) are on
+    median less than half as far apart as random pairs (a zoo's snapshots, model by model).
+    Otherwise the points are sorted into the leaves of a principal-direction tree (each cell
+    split at the median of its points' projection on their leading direction), computed on a
+    64-dimensional random projection.
     """
     n = x.shape[0]
     rng = np.random.default_rng(0)
     i, j = rng.integers(0, n, size=(2, min(2048, 4 * n)))
-    step = np.linalg.norm(x[1:][: 2048] - x[:-1][: 2048], axis=1)
-    if np.median(step) < 0.5 * np.median(np.linalg.norm(x[i] - x[j], axis=1)):
+    if np.median(head) < 0.5 * np.median(np.linalg.norm(x[i] - x[j], axis=1)):
         return None
     z = x @ rng.normal(size=(x.shape[1], min(64, x.shape[1])))
     order = np.arange(n)
@@ -63,18 +69,17 @@ def _locality_order(x: np.ndarray, leaf: int) -> np.ndarray | None:
     return order
 
 
-def _layout(x: np.ndarray, g: int) -> tuple[np.ndarray, int]:
+def _layout(step: np.ndarray, g: int) -> tuple[np.ndarray, int]:
     """Slot of each point in a padded layout of groups of g slots: int [n], number of groups.
+    `step`: the distances between consecutive points [n - 1] (`_steps`).
 
     A group holds up to g consecutive points and ends early at a jump: a step to the next
     point more than 4x as long as a neighbouring step (where one zoo member's snapshots end
     and the next one's begin), so that groups rarely straddle two trajectories. If that would
     leave more than a quarter of the slots empty, groups are plain runs of g points.
     """
-    n = x.shape[0]
+    n = step.shape[0] + 1
     idx = np.arange(n)
-    step = np.concatenate([np.linalg.norm(np.diff(x[i:i + 1025], axis=0), axis=1)
-                           for i in range(0, n - 1, 1024)])
     near = np.minimum(np.r_[np.inf, step[:-1]], np.r_[step[1:], np.inf])
     jump = np.r_[True, step > 4.0 * near]
     run_start = np.flatnonzero(jump)
@@ -239,18 +244,21 @@ def mst(x: np.ndarray, group: int = 8, block: int = 2048, tol: float = 2.0 ** -1
         engine = "jax" if _accelerator() else "numpy"
     if engine not in ("numpy", "jax"):
         raise ConfigError(f"unknown linkage engine {engine!r}; choose auto, numpy or jax")
-    perm = _locality_order(x, int(group))
+    head = _steps(x[:2049])
+    perm = _locality_order(x, int(group), head)
     if perm is None:
-        return _mst_in_order(x, int(group), block, tol, engine)
+        step = np.concatenate([head, _steps(x[2048:])]) if x.shape[0] > 2049 else head
+        return _mst_in_order(x, int(group), block, tol, engine, step)
     a, b, w = _mst_in_order(x[perm], int(group), block, tol, engine)
     return perm[a], perm[b], w
 
 
-def _mst_in_order(x: np.ndarray, g: int, block: int, tol: float,
-                  engine: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """mst() for points whose order already puts near points next to each other."""
+def _mst_in_order(x: np.ndarray, g: int, block: int, tol: float, engine: str,
+                  step: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """mst() for points whose order already puts near points next to each other; `step`:
+    their `_steps`, if known."""
     n = x.shape[0]
-    slot, ng = _layout(x, g)
+    slot, ng = _layout(_steps(x) if step is None else step, g)
     point_of = np.full(ng * g, -1)
     point_of[slot] = np.arange(n)
     # Centering keeps squared norms small, so ||a||^2 + ||b||^2 - 2 a.b loses little precision.
