@@ -6,13 +6,17 @@ slowly. Here the forward and backward passes of the FFNN and the CNN are written
 members at once, with the member axis as the batch axis of batched matrix products:
 
 - convolutions are patches (strided slices) times a per-member kernel matrix, so no grouped
-  convolution appears;
+  convolution appears; the first conv's patches are cut once for the whole training set
+  (`CNNKernels.prepare`) and gathered per step;
 - only the conv outputs that survive the max-pools are computed (the 7x7 map of the first conv
   loses its last row and column to the 2x2 pool);
 - max-pool gradients go to the first maximum of each window in row-major order, and
   LeakyReLU's derivative at 0 is 1, both as JAX's own derivatives of the Flax modules;
-- one jitted call runs whole epochs: the training set stays on the device and every step
-  gathers its batch rows by index.
+- small batches (the FFNN's 4) go through one batched matrix-vector product per example,
+  which a CPU runs faster than one batched product of tiny matrices;
+- one jitted call runs an epoch: the training set stays on the device and every step gathers
+  its batch rows by index; the epoch's data orders (`permutations`, equal to the plain
+  trainer's) are drawn by a program of their own, sorted on the host on a CPU.
 
 `make_fast_trainer(...)` returns a `FastTrainer` where the model and optimizer are supported
 (bias-free FFNN or CNN from wsjax.models with the 14x14x1 input, SGD with momentum and
