@@ -36,7 +36,13 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from wsjax.models import CNN, FFNN
-from wsjax.train import BatchedTrainer, HParams, MemberState, sgd_with_weight_decay
+from wsjax.train import (
+    BatchedTrainer,
+    HParams,
+    MemberState,
+    epoch_key,
+    sgd_with_weight_decay,
+)
 
 __all__ = ["FastTrainer", "make_fast_trainer", "fast_kernels", "FFNNKernels", "CNNKernels",
            "permutations"]
@@ -331,8 +337,7 @@ class FastTrainer(BatchedTrainer):
 
     def train_epochs(self, state: MemberState, hparams: HParams, x: Array, y: Array,
                      first_epoch: int, n_epochs: int):
-        if x.shape[0] < self.batch_size:
-            return super().train_epochs(state, hparams, x, y, first_epoch, n_epochs)
+        self._check_one_batch(x)
         mesh = _member_mesh(state)
         if mesh is None:
             fn = self._epoch
@@ -363,10 +368,8 @@ class FastTrainer(BatchedTrainer):
 
     def _epoch_orders(self, shuffle_key: Array, epoch: Array, n: int) -> Array:
         """The order [S, n] of the training set in `epoch` for each member, as the plain
-        trainer draws it: a permutation by fold_in(shuffle_key, epoch)."""
-        keys = jax.vmap(lambda kd: jax.random.fold_in(jax.random.wrap_key_data(kd), epoch))(
-            shuffle_key)
-        return permutations(keys, n)
+        trainer draws it (`wsjax.train.epoch_key`)."""
+        return permutations(jax.vmap(epoch_key, in_axes=(0, None))(shuffle_key, epoch), n)
 
     def _loss_and_dout(self, out: Array, y: Array):
         """Per-member loss [S] and dLoss/dout [S, B, C] of outputs [S, B, C], labels [S, B]."""

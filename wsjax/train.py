@@ -51,6 +51,7 @@ __all__ = [
     "mse_batch_mean",
     "softmax_cross_entropy",
     "accuracy",
+    "epoch_key",
 ]
 
 Array = jax.Array
@@ -162,6 +163,12 @@ class ZooResult:
     diverged_epoch: np.ndarray
 
 
+def epoch_key(shuffle_key: Array, epoch: Array) -> Array:
+    """The key of a member's data order in `epoch`: fold_in of its shuffle key (key data, as
+    MemberState holds it). The order is jax.random.permutation(epoch_key(...), n)."""
+    return jax.random.fold_in(jax.random.wrap_key_data(shuffle_key), epoch)
+
+
 def _as_key_data(keys) -> Array:
     keys = jnp.asarray(keys) if not isinstance(keys, jax.Array) else keys
     if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
@@ -225,7 +232,6 @@ class BatchedTrainer:
         """
         opt = self.make_optimizer(hp)
         steps = x.shape[0] // self.batch_size
-        shuffle_key = jax.random.wrap_key_data(state.shuffle_key)
 
         def loss_of(params, xb, yb):
             return self.loss_fn(self.apply_fn(params, xb), yb)
@@ -237,8 +243,7 @@ class BatchedTrainer:
             return (optax.apply_updates(params, updates), opt_state), loss
 
         def epoch(carry, epoch_index):
-            perm = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch_index),
-                                          x.shape[0])
+            perm = jax.random.permutation(epoch_key(state.shuffle_key, epoch_index), x.shape[0])
             batches = perm[: steps * self.batch_size].reshape(steps, self.batch_size)
             carry, losses = jax.lax.scan(step, carry, batches)
             flat = ravel_pytree(carry[0])[0]
@@ -299,13 +304,16 @@ class BatchedTrainer:
 
         Returns (state, train_loss [S, n], snapshots [S, n, P], finite [S, n]).
         """
+        self._check_one_batch(x)
+        state, (loss, snaps, finite) = self._epochs(
+            state, hparams, x, y, jnp.int32(first_epoch), int(n_epochs))
+        return state, loss, snaps, finite
+
+    def _check_one_batch(self, x: Array) -> None:
         if x.shape[0] < self.batch_size:
             raise ConfigError(
                 f"training set has {x.shape[0]} examples, fewer than one batch "
                 f"({self.batch_size})")
-        state, (loss, snaps, finite) = self._epochs(
-            state, hparams, x, y, jnp.int32(first_epoch), int(n_epochs))
-        return state, loss, snaps, finite
 
     def eval_batch(self, members: int) -> int:
         """Test examples per evaluation step for `members` members (memory, not results)."""
