@@ -203,7 +203,7 @@ def measure_row(arch: str, seeds: int, steps: dict[str, int], repeats: int) -> d
             times[name].append(run())
     rates = {name: seeds * steps[name] / float(np.median(ts)) for name, ts in times.items()}
     return {"arch": arch, "seeds": seeds, "rates": rates, "skipped": skipped,
-            "torch": _torch_version(), "devices": len(jax_devices())}
+            "torch": _torch_version(), "devices": cores}
 
 
 def jax_devices() -> list:
