@@ -137,3 +137,40 @@ def test_host_permutations_equal_jax_permutation(n):
     if n == 60_000:  # the claim above: some row really has equal keys in a round
         sub = jax.vmap(lambda k: jax.random.bits(jax.random.split(k)[1], (n,), jnp.uint32))(keys)
         assert any(len(np.unique(row)) < n for row in np.asarray(sub))
+
+
+def test_ffnn_packed_weights_round_trip():
+    """The FFNN's training-loop layout (members minor in the 10 x 10 layers) holds the same
+    weights, and its hyperparameters broadcast along the member axis of each array."""
+    from wsjax.fast import FFNNKernels
+
+    kernels = fast_kernels(ARCHS["ffnn"].make_module())
+    assert isinstance(kernels, FFNNKernels)
+    rng = np.random.default_rng(0)
+    w = tuple(jnp.asarray(rng.random((3, o, i), dtype=np.float32))
+              for o, i in ((10, 196), (10, 10), (10, 10)))
+    packed = kernels.pack(w)
+    for p, axis in zip(packed, kernels.member_axes, strict=True):
+        assert p.shape[axis] == 3
+    np.testing.assert_array_equal(packed[1][:, :, 2], w[1][2])
+    for a, b in zip(kernels.unpack(packed), w, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_cpu_compile_options_change_speed_not_results(digits, monkeypatch):
+    """Without the XLA options (an XLA that lacks them) the fast trainer computes the same."""
+    import wsjax.fast as fast
+
+    x, y, xt, yt = shaped(small(digits, 40, n_test=30), "ffnn")
+    _, with_options = both("ffnn")
+    assert with_options._options == fast._CPU_OPTIONS  # the tests run on a CPU
+    monkeypatch.setattr(fast, "_compile_options", lambda: None)
+    _, without = both("ffnn")
+    assert without._options is None
+    hp = with_options.broadcast_hparams(hparams("ffnn"), 3)
+    state = with_options.init(jax.random.split(jax.random.key(5), 3), hp, x)
+    for fn in (lambda t: t.train_epochs(state, hp, x, y, 1, 1),
+               lambda t: t.evaluate(state, xt, yt)):
+        for g, w in zip(jax.tree.leaves(fn(with_options)), jax.tree.leaves(fn(without)),
+                        strict=True):
+            np.testing.assert_allclose(np.asarray(g), np.asarray(w), **TOL)

@@ -26,6 +26,7 @@ float32 rounding; tests/test_fast.py checks that against the plain trainer and a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -102,15 +103,35 @@ def _leaky_grad(z: Array, slope: float) -> Array:
     return jnp.where(z >= 0, 1.0, slope).astype(z.dtype)
 
 
+def _sm_dense(h: Array, w: Array) -> Array:
+    """Member-minor layer: h [B, I, S] times w [O, I, S] -> [B, O, S]."""
+    return jnp.sum(h[:, None] * w[None], axis=2)
+
+
+def _sm_dense_t(d: Array, w: Array) -> Array:
+    """Member-minor layer, transposed: d [B, O, S] times w [O, I, S] -> [B, I, S]."""
+    return jnp.sum(d[:, :, None] * w[None], axis=1)
+
+
+def _sm_outer(d: Array, a: Array) -> Array:
+    """Member-minor weight gradient: sum_b d[b, o, s] * a[b, i, s] -> [O, I, S]."""
+    return jnp.sum(d[:, :, None] * a[:, None], axis=0)
+
+
 class FFNNKernels:
     """Forward and backward of wsjax.models.FFNN (bias-free) for S members at once.
 
-    Weights: a tuple of the three kernels transposed, [S, out, in], so that the long input
-    axis is the minor one of the weight-gradient-and-update loop.
+    `to_weights` gives the kernels transposed, [S, out, in]. Inside the training loop
+    (`pack`) the first layer stays so, the long input axis minor in its weight-gradient-and-
+    update loop; the two 10 x 10 layers are stored member-minor, [out, in, S]: per member they
+    are too small for a matrix product, and with the members on the vector lanes of the CPU
+    they are a few elementwise loops (reductions over a major axis, which XLA computes once
+    and does not recompute inside each consumer as it does cheap elementwise producers).
     """
 
     names = ("Dense_0", "Dense_1", "Dense_2")
     seed_block = 64  # members per block: about the fastest of 16, 64, 250 on a 2-core CPU
+    member_axes = (0, 2, 2)  # of the packed weights
 
     def __init__(self, module: FFNN):
         self.module = module
@@ -123,25 +144,36 @@ class FFNNKernels:
                 for n, w in zip(self.names, weights, strict=True)}
 
     @staticmethod
+    def pack(weights) -> tuple[Array, ...]:
+        """`to_weights` layout -> the training loop's: ([S, 10, 196], [10, 10, S], [C, 10, S])."""
+        return (weights[0],) + tuple(jnp.moveaxis(w, 0, -1) for w in weights[1:])
+
+    @staticmethod
+    def unpack(packed) -> tuple[Array, ...]:
+        return (packed[0],) + tuple(jnp.moveaxis(w, -1, 0) for w in packed[1:])
+
+    @staticmethod
     def prepare(x: Array) -> Array:
         """Inputs [N, ...] -> the features `forward` takes, [N, 196] (flattened, as FFNN)."""
         return x.reshape(x.shape[0], -1)
 
     def forward(self, w, x: Array, shared: bool = False):
-        """Features x [S, B, 196] (or [B, 196] shared by all members) -> (out [S, B, C],
-        cache)."""
-        h1 = jax.nn.sigmoid(_dense(x, w[0], shared=shared))
-        h2 = jax.nn.sigmoid(_dense(h1, w[1]))
-        return _dense(h2, w[2]), (x, h1, h2)
+        """Packed weights, features x [S, B, 196] (or [B, 196] shared by all members) ->
+        (out [S, B, C], cache)."""
+        h1 = jax.nn.sigmoid(_dense(x, w[0], shared=shared))             # [S, B, 10]
+        h1 = jnp.transpose(h1, (1, 2, 0))                               # [B, 10, S]
+        h2 = jax.nn.sigmoid(_sm_dense(h1, w[1]))
+        out = _sm_dense(h2, w[2])                                       # [B, C, S]
+        return jnp.transpose(out, (2, 0, 1)), (x, h1, h2)
 
     def backward(self, w, cache, d_out: Array) -> tuple[Array, ...]:
-        """Gradients of the weights from d_out = dLoss/d_out [S, B, C]."""
+        """Gradients of the packed weights from d_out = dLoss/d_out [S, B, C]."""
         x, h1, h2 = cache
-        g3 = _outer_sum(d_out, h2)
-        d2 = _dense(d_out, w[2], transposed=False) * h2 * (1 - h2)
-        g2 = _outer_sum(d2, h1)
-        # materialised once, not recomputed inside the [S, 10, 196] update loop
-        d1 = jax.lax.optimization_barrier(_dense(d2, w[1], transposed=False) * h1 * (1 - h1))
+        d3 = jnp.transpose(d_out, (1, 2, 0))                            # [B, C, S]
+        g3 = _sm_outer(d3, h2)
+        d2 = _sm_dense_t(d3, w[2]) * h2 * (1 - h2)
+        g2 = _sm_outer(d2, h1)
+        d1 = jnp.transpose(_sm_dense_t(d2, w[1]) * h1 * (1 - h1), (2, 0, 1))   # [S, B, 10]
         g1 = _outer_sum(d1, x)
         return g1, g2, g3
 
@@ -155,6 +187,7 @@ class CNNKernels:
 
     names = ("Conv_0", "Conv_1", "Dense_0")
     seed_block = 16  # members per block: about the fastest of 8 to 64 on a 2-core CPU
+    member_axes = (0, 0, 0)
 
     def __init__(self, module: CNN):
         self.module = module
@@ -172,6 +205,15 @@ class CNNKernels:
         return {"Conv_0": {"kernel": w1.reshape(w1.shape[0], 3, 3, c0, c1)},
                 "Conv_1": {"kernel": w2.reshape(w2.shape[0], 3, 3, c1, c2)},
                 "Dense_0": {"kernel": w3}}
+
+    @staticmethod
+    def pack(weights) -> tuple[Array, ...]:
+        """`to_weights` layout -> the training loop's (the same)."""
+        return tuple(weights)
+
+    @staticmethod
+    def unpack(packed) -> tuple[Array, ...]:
+        return tuple(packed)
 
     @staticmethod
     def prepare(x: Array) -> Array:
@@ -286,6 +328,24 @@ def permutations(keys: Array, n: int, on_host: bool | None = None) -> Array:
     return jax.pure_callback(_host_shuffle, shape, sort_keys, vmap_method="sequential")
 
 
+# XLA's CPU backend hands reductions and elementwise loops to its YNNPACK library by default;
+# on the member-minor reductions of FFNNKernels that is several times slower than XLA's own
+# loops. Only the dot products go to the library here.
+_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+
+
+@functools.cache
+def _compile_options() -> dict | None:
+    """`_CPU_OPTIONS` where JAX's default backend is the CPU and this jaxlib knows them."""
+    if jax.default_backend() != "cpu":
+        return None
+    try:
+        jax.jit(jnp.sum, compiler_options=_CPU_OPTIONS).lower(jnp.zeros(2)).compile()
+    except Exception:  # an XLA without the option: its defaults are correct, only slower
+        return None
+    return dict(_CPU_OPTIONS)
+
+
 def _member_mesh(state: MemberState):
     """The 1-D mesh that the members are sharded over, or None when they are not sharded."""
     for leaf in jax.tree.leaves(state.params):
@@ -293,6 +353,22 @@ def _member_mesh(state: MemberState):
         if isinstance(sharding, jax.sharding.NamedSharding) and len(sharding.device_set) > 1:
             return sharding.mesh
     return None
+
+
+def _member_blocks(members: int, block: int):
+    """(split, merge): [S, ...] <-> [blocks, size, ...], members cut into equal blocks of at
+    most `block`, the last padded with copies of the last member (merge drops them)."""
+    blocks = -(-members // min(block, members))
+    size = -(-members // blocks)
+    pad = jnp.minimum(jnp.arange(blocks * size), members - 1)
+
+    def split(a):
+        return a[pad].reshape(blocks, size, *a.shape[1:])
+
+    def merge(a):
+        return a.reshape(blocks * size, *a.shape[2:])[:members]
+
+    return split, merge
 
 
 def _find_trace(opt_state):
@@ -318,39 +394,46 @@ class FastTrainer(BatchedTrainer):
 
     Args (beyond BatchedTrainer's):
         kernels: `fast_kernels(model)`.
-        eval_budget: floats of activations per evaluation batch over all members (sets the
-            test batch; memory, not results).
+        eval_budget: floats of activations of one block of members for one evaluation batch
+            (sets the test batch; speed and memory, not results): small enough to stay in a
+            CPU's cache.
         seed_block: members trained together, block after block (speed, not results);
             default: the kernels' own.
     """
 
     def __init__(self, model, kernels, loss_fn: Callable[[Array, Array], Array],
                  batch_size: int, eval_batch_size: int = 1000,
-                 eval_budget: int = 4_000_000, seed_block: int | None = None):
+                 eval_budget: int = 250_000, seed_block: int | None = None):
         super().__init__(model, sgd_with_weight_decay, loss_fn, batch_size, eval_batch_size)
         self.kernels = kernels
         self.eval_budget = int(eval_budget)
         self.seed_block = int(seed_block or kernels.seed_block)
-        self._epoch = jax.jit(self._all_epoch)
+        self._options = _compile_options()
+        self._epoch = jax.jit(self._all_epoch, compiler_options=self._options)
         self._orders = jax.jit(self._epoch_orders, static_argnums=(2,))
         self._sharded_epoch = {}
+        self._evaluate = jax.jit(self._all_eval, compiler_options=self._options)
+        self._sharded_eval = {}
+
+    def _sharded(self, cache: dict, fn, mesh, in_specs):
+        """`fn` under shard_map over `mesh` (members sharded, "m", or replicated, "r"), jitted
+        once per mesh: each device runs it on its own members."""
+        if mesh not in cache:
+            spec = jax.sharding.PartitionSpec(mesh.axis_names[0])
+            specs = tuple(spec if c == "m" else jax.sharding.PartitionSpec() for c in in_specs)
+            cache[mesh] = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=spec,
+                                                check_vma=False),
+                                  compiler_options=self._options)
+        return cache[mesh]
 
     def train_epochs(self, state: MemberState, hparams: HParams, x: Array, y: Array,
                      first_epoch: int, n_epochs: int):
         self._check_one_batch(x)
         mesh = _member_mesh(state)
-        if mesh is None:
-            fn = self._epoch
-        else:
-            # Members sharded over devices (wsjax.sharding): each device trains its own members,
-            # and every output stays sharded member by member.
-            if mesh not in self._sharded_epoch:
-                spec = jax.sharding.PartitionSpec(mesh.axis_names[0])
-                rep = jax.sharding.PartitionSpec()
-                self._sharded_epoch[mesh] = jax.jit(jax.shard_map(
-                    self._all_epoch, mesh=mesh, in_specs=(spec, spec, rep, rep, spec),
-                    out_specs=spec, check_vma=False))
-            fn = self._sharded_epoch[mesh]
+        # Members sharded over devices (wsjax.sharding): each device trains its own members,
+        # and every output stays sharded member by member.
+        fn = self._epoch if mesh is None else self._sharded(
+            self._sharded_epoch, self._all_epoch, mesh, "mmrrm")
         # The data orders are drawn by a program of their own: its host callback (see
         # `permutations`) must not run inside a program that spans several devices.
         keys = jnp.asarray(jax.device_get(state.shuffle_key))
@@ -385,16 +468,7 @@ class FastTrainer(BatchedTrainer):
         trace, replace_trace = _find_trace(state.opt_state)
         # Members run in blocks, one after another: a block's weights and activations stay in
         # cache for the whole loop over steps.
-        blocks = -(-members // min(self.seed_block, members))
-        size = -(-members // blocks)
-        pad = jnp.minimum(jnp.arange(blocks * size), members - 1)
-
-        def split(a):
-            return a[pad].reshape(blocks, size, *a.shape[1:])
-
-        def merge(a):
-            return a.reshape(blocks * size, *a.shape[2:])[:members]
-
+        split, merge = _member_blocks(members, self.seed_block)
         inputs = jax.tree.map(split, (k.to_weights(state.params), k.to_weights(trace), hp,
                                       orders))
         feats = k.prepare(x)
@@ -413,8 +487,8 @@ class FastTrainer(BatchedTrainer):
         members = orders.shape[0]
         steps = feats.shape[0] // self.batch_size
 
-        def per_member(v, ndim):
-            return v.reshape((members,) + (1,) * (ndim - 1))
+        def per_member(v, ndim, axis):
+            return jnp.expand_dims(v, [a for a in range(ndim) if a != axis % ndim])
 
         def step(carry, idx):
             w, t = carry
@@ -422,8 +496,8 @@ class FastTrainer(BatchedTrainer):
             loss, d_out = self._loss_and_dout(out, y[idx])
             g = k.backward(w, cache, d_out)
             new_w, new_t = [], []
-            for wi, ti, gi in zip(w, t, g, strict=True):
-                lr, mom, wd = (per_member(v, wi.ndim) for v in
+            for wi, ti, gi, axis in zip(w, t, g, k.member_axes, strict=True):
+                lr, mom, wd = (per_member(v, wi.ndim, axis) for v in
                                (hp.learning_rate, hp.momentum, hp.weight_decay))
                 ti = (gi + wd * wi) + mom * ti
                 new_t.append(ti)
@@ -431,38 +505,55 @@ class FastTrainer(BatchedTrainer):
             return (tuple(new_w), tuple(new_t)), loss
 
         batches = orders[:, : steps * self.batch_size].reshape(members, steps, self.batch_size)
-        (w, t), losses = jax.lax.scan(step, (w, t), batches.transpose(1, 0, 2))
+        (w, t), losses = jax.lax.scan(step, (k.pack(w), k.pack(t)), batches.transpose(1, 0, 2))
+        w, t = k.unpack(w), k.unpack(t)
         flat = jax.vmap(lambda p: ravel_pytree(p)[0])(k.to_params(w))
         finite = jnp.all(jnp.isfinite(losses), axis=0) & jnp.all(jnp.isfinite(flat), axis=1)
         return w, t, jnp.mean(losses, axis=0), flat, finite
 
+    def _eval_program(self, state: MemberState):
+        mesh = _member_mesh(state)
+        return self._evaluate if mesh is None else self._sharded(
+            self._sharded_eval, self._all_eval, mesh, "mrrr")
+
     def _all_eval(self, params, x: Array, y: Array, n_valid: Array):
         """Accuracy [S] and mean per-example loss [S] over the first n_valid rows of x, y.
 
-        x [nb, eb, ...], y [nb, eb]: the test set cut into batches (padded).
+        x [nb, eb, ...], y [nb, eb]: the test set cut into batches (padded). Members run in
+        blocks as in training, so that a block's activations for a test batch stay in cache.
         """
-        w = self.kernels.to_weights(params)
-        members = w[0].shape[0]
+        k = self.kernels
+        members = jax.tree.leaves(params)[0].shape[0]
+        split, merge = _member_blocks(members, self.seed_block)
         per_example = jax.vmap(jax.vmap(lambda o, t: self.loss_fn(o[None], t[None])),
                                in_axes=(0, None))
-
-        def body(totals, batch):
-            xb, yb, mask = batch
-            out, _ = self.kernels.forward(w, self.kernels.prepare(xb), shared=True)  # [S, eb, C]
-            correct = jnp.sum((jnp.argmax(out, -1) == yb) * mask, axis=1)
-            loss = jnp.sum(jnp.where(mask, per_example(out, yb), 0.0), axis=1)
-            return (totals[0] + correct, totals[1] + loss), None
-
         eb = x.shape[1]
         mask = (jnp.arange(x.shape[0] * eb) < n_valid).reshape(x.shape[0], eb)
-        zeros = jnp.zeros((members,), jnp.float32)
-        (correct, loss), _ = jax.lax.scan(body, (zeros, zeros), (x, y, mask))
+
+        def block_eval(w):
+            w = k.pack(w)
+            size = jax.tree.leaves(w)[0].shape[k.member_axes[0]]
+
+            def body(totals, batch):
+                xb, yb, mb = batch
+                out, _ = k.forward(w, k.prepare(xb), shared=True)           # [s, eb, C]
+                correct = jnp.sum((jnp.argmax(out, -1) == yb) * mb, axis=1)
+                loss = jnp.sum(jnp.where(mb, per_example(out, yb), 0.0), axis=1)
+                return (totals[0] + correct, totals[1] + loss), None
+
+            zeros = jnp.zeros((size,), jnp.float32)
+            return jax.lax.scan(body, (zeros, zeros), (x, y, mask))[0]
+
+        correct, loss = jax.tree.map(
+            merge, jax.lax.map(block_eval, jax.tree.map(split, k.to_weights(params))))
         return correct / n_valid, loss / n_valid
 
     def eval_batch(self, members: int) -> int:
-        # Activations of all members for one test batch stay under eval_budget floats.
+        # The activations of one block of members for one test batch stay under eval_budget
+        # floats.
         per_example = 600 if isinstance(self.kernels, CNNKernels) else 30
-        return max(1, min(self.eval_batch_size, self.eval_budget // (members * per_example)))
+        block = min(self.seed_block, max(1, members))
+        return max(1, min(self.eval_batch_size, self.eval_budget // (block * per_example)))
 
 
 def make_fast_trainer(model, optimizer, loss_fn: Callable[[Array, Array], Array],

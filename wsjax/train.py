@@ -328,7 +328,11 @@ class BatchedTrainer:
         xp = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]).reshape(
             nb, eb, *x.shape[1:])
         yp = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)]).reshape(nb, eb)
-        return self._evaluate(state.params, xp, yp, jnp.float32(n))
+        return self._eval_program(state)(state.params, xp, yp, jnp.float32(n))
+
+    def _eval_program(self, state: MemberState):
+        """The jitted evaluation for `state` (its members' placement may choose it)."""
+        return self._evaluate
 
     def fit(self, keys, dataset: Dataset, epochs: int, hparams: HParams | None = None,
             chunk: int | None = None, progress: bool = False) -> ZooResult:
