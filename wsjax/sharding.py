@@ -26,6 +26,7 @@ process to rerun. Resume works per shard: rerun the same commands.
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import jax
@@ -41,6 +42,13 @@ __all__ = ["SEED_AXIS", "seed_mesh", "shard_members", "use_cpu_cores", "process_
 SEED_AXIS = "seeds"
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def use_cpu_cores(n: int | None = None) -> int:
     """Makes JAX's CPU backend one device per core, so that a seed mesh uses every core.
 
@@ -53,13 +61,11 @@ def use_cpu_cores(n: int | None = None) -> int:
     (JAX already initialised, or the user set it: JAX_NUM_CPU_DEVICES or XLA_FLAGS'
     --xla_force_host_platform_device_count win).
     """
-    import os
-
     if "JAX_NUM_CPU_DEVICES" in os.environ or \
             "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
         return 0
     if n is None:
-        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        n = usable_cores()
     n = max(1, int(n or 1))
     try:
         jax.config.update("jax_num_cpu_devices", n)
