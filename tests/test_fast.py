@@ -162,15 +162,14 @@ def test_cpu_compile_options_change_speed_not_results(digits, monkeypatch):
     import wsjax.fast as fast
 
     x, y, xt, yt = shaped(small(digits, 40, n_test=30), "ffnn")
-    _, with_options = both("ffnn")
-    assert with_options._options == fast._CPU_OPTIONS  # the tests run on a CPU
+    assert fast._compile_options() == fast._CPU_OPTIONS  # the tests run on a CPU
+    _, trainer = both("ffnn")
+    hp = trainer.broadcast_hparams(hparams("ffnn"), 3)
+    state = trainer.init(jax.random.split(jax.random.key(5), 3), hp, x)
+    runs = (lambda t: t.train_epochs(state, hp, x, y, 1, 1), lambda t: t.evaluate(state, xt, yt))
+    with_options = [run(trainer) for run in runs]
     monkeypatch.setattr(fast, "_compile_options", lambda: None)
-    _, without = both("ffnn")
-    assert without._options is None
-    hp = with_options.broadcast_hparams(hparams("ffnn"), 3)
-    state = with_options.init(jax.random.split(jax.random.key(5), 3), hp, x)
-    for fn in (lambda t: t.train_epochs(state, hp, x, y, 1, 1),
-               lambda t: t.evaluate(state, xt, yt)):
-        for g, w in zip(jax.tree.leaves(fn(with_options)), jax.tree.leaves(fn(without)),
-                        strict=True):
+    _, trainer = both("ffnn")
+    for run, want in zip(runs, with_options, strict=True):
+        for g, w in zip(jax.tree.leaves(run(trainer)), jax.tree.leaves(want), strict=True):
             np.testing.assert_allclose(np.asarray(g), np.asarray(w), **TOL)

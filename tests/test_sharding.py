@@ -127,7 +127,9 @@ def test_cli_rejects_more_devices_than_local():
 
 
 def test_use_cpu_cores_makes_one_device_per_core():
-    code = ("from wsjax.sharding import use_cpu_cores; n = use_cpu_cores(3); import jax; "
+    # building the zoo's (fast) trainer first must not start JAX
+    code = ("from wsjax.zoo import ZooConfig, make_trainer; make_trainer(ZooConfig()); "
+            "from wsjax.sharding import use_cpu_cores; n = use_cpu_cores(3); import jax; "
             "print(n, jax.local_device_count(), use_cpu_cores(2))")
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
     env["JAX_PLATFORMS"] = "cpu"

@@ -424,23 +424,23 @@ class FastTrainer(BatchedTrainer):
         self.kernels = kernels
         self.eval_budget = int(eval_budget)
         self.seed_block = int(seed_block or kernels.seed_block)
-        self._options = _compile_options()
-        self._epoch = jax.jit(self._all_epoch, compiler_options=self._options)
         self._orders = jax.jit(self._epoch_orders, static_argnums=(2,))
-        self._sharded_epoch = {}
-        self._evaluate = jax.jit(self._all_eval, compiler_options=self._options)
-        self._sharded_eval = {}
+        self._programs = {}
 
-    def _sharded(self, cache: dict, fn, mesh, in_specs):
-        """`fn` under shard_map over `mesh` (members sharded, "m", or replicated, "r"), jitted
-        once per mesh: each device runs it on its own members."""
-        if mesh not in cache:
-            spec = jax.sharding.PartitionSpec(mesh.axis_names[0])
-            specs = tuple(spec if c == "m" else jax.sharding.PartitionSpec() for c in in_specs)
-            cache[mesh] = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=spec,
-                                                check_vma=False),
-                                  compiler_options=self._options)
-        return cache[mesh]
+    def _program(self, fn, mesh, in_specs: str):
+        """`fn` jitted once (per mesh), with `_compile_options()` (asked on first use, so that
+        building a trainer does not start JAX). With a mesh, under shard_map: members sharded
+        ("m" in `in_specs`) or replicated ("r"), each device running its own members."""
+        key = (fn.__name__, mesh)
+        if key not in self._programs:
+            if mesh is not None:
+                spec = jax.sharding.PartitionSpec(mesh.axis_names[0])
+                specs = tuple(spec if c == "m" else jax.sharding.PartitionSpec()
+                              for c in in_specs)
+                fn = jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=spec,
+                                   check_vma=False)
+            self._programs[key] = jax.jit(fn, compiler_options=_compile_options())
+        return self._programs[key]
 
     def train_epochs(self, state: MemberState, hparams: HParams, x: Array, y: Array,
                      first_epoch: int, n_epochs: int):
@@ -448,8 +448,7 @@ class FastTrainer(BatchedTrainer):
         mesh = _member_mesh(state)
         # Members sharded over devices (wsjax.sharding): each device trains its own members,
         # and every output stays sharded member by member.
-        fn = self._epoch if mesh is None else self._sharded(
-            self._sharded_epoch, self._all_epoch, mesh, "mmrrm")
+        fn = self._program(self._all_epoch, mesh, "mmrrm")
         # The data orders are drawn by a program of their own: its host callback (see
         # `permutations`) must not run inside a program that spans several devices.
         keys = jnp.asarray(jax.device_get(state.shuffle_key))
@@ -529,8 +528,7 @@ class FastTrainer(BatchedTrainer):
 
     def _eval_program(self, state: MemberState):
         mesh = _member_mesh(state)
-        return self._evaluate if mesh is None else self._sharded(
-            self._sharded_eval, self._all_eval, mesh, "mrrr")
+        return self._program(self._all_eval, mesh, "mrrr")
 
     def _all_eval(self, params, x: Array, y: Array, n_valid: Array):
         """Accuracy [S] and mean per-example loss [S] over the first n_valid rows of x, y.
