@@ -541,22 +541,25 @@ class FastTrainer(BatchedTrainer):
         split, merge = _member_blocks(members, self.seed_block)
         per_example = jax.vmap(jax.vmap(lambda o, t: self.loss_fn(o[None], t[None])),
                                in_axes=(0, None))
-        eb = x.shape[1]
-        mask = (jnp.arange(x.shape[0] * eb) < n_valid).reshape(x.shape[0], eb)
+        nb, eb = x.shape[:2]
+        mask = (jnp.arange(nb * eb) < n_valid).reshape(nb, eb)
+        # the features of the test set once, not once per block of members
+        feats = k.prepare(x.reshape(nb * eb, *x.shape[2:]))
+        feats = feats.reshape(nb, eb, *feats.shape[1:])
 
         def block_eval(w):
+            size = w[0].shape[0]
             w = k.pack(w)
-            size = jax.tree.leaves(w)[0].shape[k.member_axes[0]]
 
             def body(totals, batch):
-                xb, yb, mb = batch
-                out, _ = k.forward(w, k.prepare(xb), shared=True)           # [s, eb, C]
+                fb, yb, mb = batch
+                out, _ = k.forward(w, fb, shared=True)                      # [s, eb, C]
                 correct = jnp.sum((jnp.argmax(out, -1) == yb) * mb, axis=1)
                 loss = jnp.sum(jnp.where(mb, per_example(out, yb), 0.0), axis=1)
                 return (totals[0] + correct, totals[1] + loss), None
 
             zeros = jnp.zeros((size,), jnp.float32)
-            return jax.lax.scan(body, (zeros, zeros), (x, y, mask))[0]
+            return jax.lax.scan(body, (zeros, zeros), (feats, y, mask))[0]
 
         correct, loss = jax.tree.map(
             merge, jax.lax.map(block_eval, jax.tree.map(split, k.to_weights(params))))
