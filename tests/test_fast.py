@@ -10,7 +10,14 @@ import optax
 import pytest
 from test_train import per_seed_reference, small
 
-from wsjax.fast import CNNKernels, FastTrainer, fast_kernels, make_fast_trainer
+from wsjax.fast import (
+    CNNKernels,
+    FastTrainer,
+    _conv2_fold,
+    _conv2_matrix,
+    fast_kernels,
+    make_fast_trainer,
+)
 from wsjax.models import ARCHS
 from wsjax.train import BatchedTrainer, HParams, mse_mean, mse_sum, sgd_with_weight_decay
 from wsjax.zoo import ZooConfig, make_trainer
@@ -137,6 +144,30 @@ def test_host_permutations_equal_jax_permutation(n):
     if n == 60_000:  # the claim above: some row really has equal keys in a round
         sub = jax.vmap(lambda k: jax.random.bits(jax.random.split(k)[1], (n,), jnp.uint32))(keys)
         assert any(len(np.unique(row)) < n for row in np.asarray(sub))
+
+
+def test_conv2_as_dense_matrix_equals_convolution():
+    """The CNN's second conv as one dense matrix (and its gradient fold) against lax's
+    convolution and JAX's own derivative of the matrix construction."""
+    rng = np.random.default_rng(3)
+    members, batch, c1, c2 = 3, 5, 16, 8
+    w2 = jnp.asarray(rng.normal(size=(members, 9 * c1, c2)), jnp.float32)
+    a1 = jnp.asarray(rng.normal(size=(members, batch, 3, 3, c1)), jnp.float32)
+    big = _conv2_matrix(w2)
+    assert big.shape == (members, 9 * c1, 4 * c2)
+    z = jnp.einsum("sbk,skn->sbn", a1.reshape(members, batch, -1), big,
+                   precision="highest").reshape(members, batch, 2, 2, c2)
+    ref = jnp.stack([jax.lax.conv_general_dilated(
+        a1[s], w2[s].reshape(3, 3, c1, c2), (2, 2), ((1, 1), (1, 1)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision="highest")
+        for s in range(members)])
+    np.testing.assert_allclose(z, ref, rtol=1e-5, atol=1e-5)
+    # 16 of the 36 (input place, output place) blocks hold a tap: the rest are zeros
+    blocks = np.abs(np.asarray(big)).reshape(members, 9, c1, 4, c2).sum(axis=(0, 2, 4))
+    assert np.count_nonzero(blocks) == 16
+    g = jnp.asarray(rng.normal(size=big.shape), jnp.float32)
+    _, vjp = jax.vjp(_conv2_matrix, w2)
+    np.testing.assert_allclose(_conv2_fold(g), vjp(g)[0], rtol=1e-6, atol=1e-6)
 
 
 def test_ffnn_packed_weights_round_trip():

@@ -5,9 +5,12 @@ convolutions into grouped convolutions (one group per member), and XLA's CPU bac
 slowly. Here the forward and backward passes of the FFNN and the CNN are written out for all
 members at once, with the member axis as the batch axis of batched matrix products:
 
-- convolutions are patches (strided slices) times a per-member kernel matrix, so no grouped
-  convolution appears; the first conv's patches are cut once for the whole training set
-  (`CNNKernels.prepare`) and gathered per step;
+- no grouped convolution appears: the first conv is patches (strided slices) times a
+  per-member kernel matrix, its patches cut once for the whole training set
+  (`CNNKernels.prepare`) and gathered per step; the second, whose input is only 3x3, is one
+  dense matrix per member from its whole input to its whole output (`_conv2_matrix`), built
+  from the kernel each step, so that its input needs no patches and its input gradient no
+  scatter;
 - only the conv outputs that survive the max-pools are computed (the 7x7 map of the first conv
   loses its last row and column to the 2x2 pool);
 - max-pool gradients go to the first maximum of each window in row-major order, and
@@ -182,11 +185,44 @@ class FFNNKernels:
         return g1, g2, g3
 
 
+def _conv2_matrix(w2: Array) -> Array:
+    """Conv-2 kernel matrices [S, 9 c1, c2] -> the conv as a dense matrix [S, 9 c1, 4 c2] from
+    the pooled 3x3xc1 map to the 2x2xc2 output (3x3 stride 2, padding 1).
+
+    Output (r, c) takes input (y, x) through tap (y - 2r + 1, x - 2c + 1): its block is the
+    kernel shifted by (2r - 1, 2c - 1), zeros where no tap joins them.
+    """
+    s, rows, c2 = w2.shape
+    wp = jnp.pad(w2.reshape(s, 3, 3, rows // 9, c2), [(0, 0), (1, 1), (1, 1), (0, 0), (0, 0)])
+    blocks = [wp[:, 2 - 2 * r:5 - 2 * r, 2 - 2 * c:5 - 2 * c] for r in range(2) for c in range(2)]
+    return jnp.stack(blocks, axis=-2).reshape(s, rows, 4 * c2)        # [S, 3, 3, c1, 4, c2]
+
+
+def _conv2_fold(g: Array) -> Array:
+    """Gradient of `_conv2_matrix`'s output [S, 9 c1, 4 c2] -> of its input [S, 9 c1, c2]:
+    each kernel tap summed over the blocks it appears in."""
+    s, rows, cols = g.shape
+    c1 = rows // 9
+    g = g.reshape(s, 3, 3, c1, 4, cols // 4)
+    total = 0
+    for r in range(2):
+        for c in range(2):
+            gp = jnp.pad(g[..., 2 * r + c, :], [(0, 0), (2 - 2 * r, 2 * r), (2 - 2 * c, 2 * c),
+                                               (0, 0), (0, 0)])
+            total = total + gp[:, 1:4, 1:4]
+    return total.reshape(s, 9 * c1, -1)
+
+
 class CNNKernels:
     """Forward and backward of wsjax.models.CNN (bias-free, 14x14x1 input) for S members at once.
 
     Weights: conv kernels as matrices [S, 9 * c_in, c_out] (rows in (kh, kw, c_in) order, Flax's
     HWIO kernel flattened) and the dense kernel [S, c2, C].
+
+    The second conv (3x3xc1 -> 2x2xc2) runs as a dense [9 c1, 4 c2] matrix per member: as many
+    multiply-adds as its patches times the kernel (each output's patch is 9 c1 long, padding
+    included), but no patches to cut and no scatter-add of their gradient (1.4x the speed of
+    the patch version on one core).
     """
 
     names = ("Conv_0", "Conv_1", "Dense_0")
@@ -240,35 +276,27 @@ class CNNKernels:
         s = "" if shared else "s"
         p1 = x
         z1 = _bmm(f"{s}brk,sko->sbro", p1, w[0])                        # [S, B, 36, c1]
-        z1 = z1.reshape(*z1.shape[:2], 4, 3, 3, z1.shape[-1])
-        m1, masks1 = _first_max_mask([z1[:, :, i] for i in range(4)])   # [S, B, 3, 3, c1]
-        a1 = _leaky(m1, self.slope)
-        ap = jnp.pad(a1, [(0, 0), (0, 0), (1, 1), (1, 1), (0, 0)])      # [S, B, 5, 5, c1]
-        p2 = jnp.stack([jnp.stack([ap[:, :, 2 * r + kh, 2 * c + kw]
-                                   for kh in range(3) for kw in range(3)], axis=-2)
-                        for r in range(2) for c in range(2)], axis=2)   # [S, B, 4, 9, c1]
-        p2 = p2.reshape(*p2.shape[:3], -1)                              # [S, B, 4, 9 * c1]
-        z2 = _bmm("sbpk,sko->sbpo", p2, w[1])                           # [S, B, 4, c2]
+        z1 = z1.reshape(*z1.shape[:2], 4, 9, z1.shape[-1])
+        m1, masks1 = _first_max_mask([z1[:, :, i] for i in range(4)])   # [S, B, 9, c1]
+        a1 = _leaky(m1, self.slope).reshape(*m1.shape[:2], -1)          # [S, B, 9 * c1]
+        big = _conv2_matrix(w[1])                                       # [S, 9 * c1, 4 * c2]
+        z2 = _bmm("sbk,skn->sbn", a1, big)
+        z2 = z2.reshape(*z2.shape[:2], 4, -1)                           # [S, B, 4, c2]
         m2, masks2 = _first_max_mask([z2[:, :, i] for i in range(4)])   # [S, B, c2]
         a2 = _leaky(m2, self.slope)
         out = _bmm("sbi,sio->sbo", a2, w[2])
-        return out, (p1, masks1, m1, p2, masks2, m2, a2, shared)
+        return out, (p1, masks1, m1, a1, big, masks2, m2, a2, shared)
 
     def backward(self, w, cache, d_out: Array) -> tuple[Array, ...]:
-        p1, masks1, m1, p2, masks2, m2, a2, shared = cache
-        c1 = self.channels[0]
+        p1, masks1, m1, a1, big, masks2, m2, a2, shared = cache
         g3 = _outer_sum(a2, d_out)
         d_m2 = _bmm("sbo,sio->sbi", d_out, w[2]) * _leaky_grad(m2, self.slope)
-        d_z2 = jnp.stack([d_m2 * mk for mk in masks2], axis=2)          # [S, B, 4, c2]
-        g2 = _bmm("sbpk,sbpo->sko", p2, d_z2)
-        d_p2 = _bmm("sbpo,sko->sbpk", d_z2, w[1])                       # [S, B, 4, 9 * c1]
-        d_p2 = d_p2.reshape(*d_p2.shape[:3], 3, 3, c1)
-        d_ap = jnp.zeros((*d_p2.shape[:2], 5, 5, c1), d_p2.dtype)
-        for pos, (r, c) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
-            d_ap = d_ap.at[:, :, 2 * r:2 * r + 3, 2 * c:2 * c + 3].add(d_p2[:, :, pos])
-        d_m1 = d_ap[:, :, 1:4, 1:4] * _leaky_grad(m1, self.slope)       # [S, B, 3, 3, c1]
-        d_z1 = jnp.stack([d_m1 * mk for mk in masks1], axis=2)          # [S, B, 4, 3, 3, c1]
-        d_z1 = d_z1.reshape(*d_z1.shape[:2], 36, c1)
+        d_z2 = jnp.concatenate([d_m2 * mk for mk in masks2], axis=-1)    # [S, B, 4 * c2]
+        g2 = _conv2_fold(_bmm("sbk,sbn->skn", a1, d_z2))
+        d_a1 = _bmm("sbn,skn->sbk", d_z2, big).reshape(m1.shape)        # [S, B, 9, c1]
+        d_m1 = d_a1 * _leaky_grad(m1, self.slope)
+        d_z1 = jnp.stack([d_m1 * mk for mk in masks1], axis=2)          # [S, B, 4, 9, c1]
+        d_z1 = d_z1.reshape(*d_z1.shape[:2], 36, -1)
         g1 = _bmm("brk,sbro->sko" if shared else "sbrk,sbro->sko", p1, d_z1)
         return g1, g2, g3
 
