@@ -29,8 +29,10 @@ def _runner(name: str, arch: str):
     steps = STEPS[arch] if name.startswith("wsjax") else max(1, STEPS[arch] // 10)
     make = {"wsjax-fast": lambda: train_table.wsjax_runner(arch, SEEDS, steps, True),
             "wsjax-plain": lambda: train_table.wsjax_runner(arch, SEEDS, steps, False),
-            "torch-loop": lambda: train_table.torch_loop_runner(arch, SEEDS, steps),
-            "torch-func": lambda: train_table.torch_func_runner(arch, SEEDS, steps)}[name]
+            "torch-loop": lambda: train_table.torch_loop_runner(
+                arch, SEEDS, steps, train_table.torch_device()),
+            "torch-func": lambda: train_table.torch_func_runner(
+                arch, SEEDS, steps, train_table.torch_device())}[name]
     return make(), steps
 
 

@@ -19,8 +19,10 @@ one device. The peers:
   seeds, the SGD update done on the stacked tensors.
 
 PyTorch rows need `pip install torch` (the `bench` extra); without it they are skipped with a
-message. A last fresh process per architecture trains the fast wsjax zoo alone and reports its
-peak resident memory (ru_maxrss).
+message. On a GPU (JAX's default backend), the PyTorch peers run on the GPU too
+(`--torch-device auto`, the default), so that every ratio compares trainers on one device.
+A last fresh process per architecture trains the fast wsjax zoo alone and reports its peak
+resident memory (ru_maxrss).
 """
 
 from __future__ import annotations
@@ -98,8 +100,27 @@ def _torch_model(arch: str):
                          nn.Linear(8, 10, bias=False))
 
 
-def _torch_setup(arch: str, seeds: int, steps: int):
-    """(paper settings, inputs, one-hot targets, `seeds` fresh torch models) for `steps` steps."""
+def torch_device(choice: str = "auto") -> str:
+    """"cpu" or "cuda": auto is cuda where JAX's default backend is a GPU and torch sees one."""
+    import torch
+
+    if choice != "auto":
+        return choice
+    import jax
+
+    return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _torch_setup(arch: str, seeds: int, steps: int, device: str = "cpu"):
+    """(paper settings, inputs, one-hot targets, `seeds` fresh torch models) for `steps` steps,
+    on `device`."""
     import torch
 
     from wsjax.models import get_arch
@@ -111,14 +132,15 @@ def _torch_setup(arch: str, seeds: int, steps: int):
         x = x.permute(0, 3, 1, 2).contiguous()
     t = torch.nn.functional.one_hot(torch.from_numpy(y).long(), 10).float()
     torch.manual_seed(0)
-    return spec, x, t, [_torch_model(arch) for _ in range(seeds)]
+    return spec, x.to(device), t.to(device), [_torch_model(arch).to(device) for _ in range(seeds)]
 
 
-def torch_loop_runner(arch: str, seeds: int, steps: int) -> Callable[[], float]:
+def torch_loop_runner(arch: str, seeds: int, steps: int,
+                      device: str = "cpu") -> Callable[[], float]:
     """One model and one torch.optim.SGD per seed, trained one seed after another."""
     import torch
 
-    spec, x, t, models = _torch_setup(arch, seeds, steps)
+    spec, x, t, models = _torch_setup(arch, seeds, steps, device)
     bs = spec.batch_size
     opts = [torch.optim.SGD(m.parameters(), lr=spec.learning_rate, momentum=spec.momentum,
                             weight_decay=spec.weight_decay) for m in models]
@@ -127,27 +149,29 @@ def torch_loop_runner(arch: str, seeds: int, steps: int) -> Callable[[], float]:
     def run() -> float:
         t0 = time.perf_counter()
         for model, opt in zip(models, opts, strict=True):
-            perm = torch.randperm(len(x), generator=gen)
+            perm = torch.randperm(len(x), generator=gen).to(device)
             for s in range(steps):
                 idx = perm[s * bs:(s + 1) * bs]
                 opt.zero_grad(set_to_none=True)
                 loss = ((model(x[idx]) - t[idx]) ** 2).sum()
                 loss.backward()
                 opt.step()
+        _sync(device)
         return time.perf_counter() - t0
 
     run()
     return run
 
 
-def torch_func_runner(arch: str, seeds: int, steps: int) -> Callable[[], float]:
+def torch_func_runner(arch: str, seeds: int, steps: int,
+                      device: str = "cpu") -> Callable[[], float]:
     """All seeds as one torch.func ensemble: vmap(grad(functional_call)) and a stacked SGD."""
     import copy
 
     import torch
     from torch.func import functional_call, grad, stack_module_state, vmap
 
-    spec, x, t, models = _torch_setup(arch, seeds, steps)
+    spec, x, t, models = _torch_setup(arch, seeds, steps, device)
     bs = spec.batch_size
     params, buffers = stack_module_state(models)
     base = copy.deepcopy(models[0]).to("meta")
@@ -163,7 +187,8 @@ def torch_func_runner(arch: str, seeds: int, steps: int) -> Callable[[], float]:
 
     def run() -> float:
         t0 = time.perf_counter()
-        order = torch.stack([torch.randperm(len(x), generator=gen) for _ in range(seeds)])
+        order = torch.stack([torch.randperm(len(x), generator=gen)
+                             for _ in range(seeds)]).to(device)
         with torch.no_grad():
             for s in range(steps):
                 idx = order[:, s * bs:(s + 1) * bs]
@@ -172,30 +197,37 @@ def torch_func_runner(arch: str, seeds: int, steps: int) -> Callable[[], float]:
                     d = grads[k].add_(params[k], alpha=wd)  # as torch.optim.SGD
                     momentum[k].mul_(mom).add_(d)
                     params[k].sub_(momentum[k], alpha=lr)
+        _sync(device)
         return time.perf_counter() - t0
 
     run()
     return run
 
 
-def measure_row(arch: str, seeds: int, steps: dict[str, int], repeats: int) -> dict:
+def measure_row(arch: str, seeds: int, steps: dict[str, int], repeats: int,
+                torch_choice: str = "auto") -> dict:
     """Median model-steps/s of every available trainer, repeats interleaved."""
+    import jax
+
     runners, skipped = {}, {}
+    try:
+        import torch  # noqa: F401
+
+        device = torch_device(torch_choice)
+    except ImportError:
+        device = None
     cores = len(jax_devices())
     for name in TRAINERS:
-        if name.startswith("torch"):
-            try:
-                import torch  # noqa: F401
-            except ImportError:
-                skipped[name] = "torch is not installed (pip install torch)"
-                continue
+        if name.startswith("torch") and device is None:
+            skipped[name] = "torch is not installed (pip install torch)"
+            continue
         if name == "wsjax-fast-1" and cores == 1:
             continue  # the same as wsjax-fast
         make = {"wsjax-fast": lambda n: wsjax_runner(arch, seeds, n, True, cores),
                 "wsjax-fast-1": lambda n: wsjax_runner(arch, seeds, n, True),
                 "wsjax-plain": lambda n: wsjax_runner(arch, seeds, n, False),
-                "torch-loop": lambda n: torch_loop_runner(arch, seeds, n),
-                "torch-func": lambda n: torch_func_runner(arch, seeds, n)}[name]
+                "torch-loop": lambda n: torch_loop_runner(arch, seeds, n, device),
+                "torch-func": lambda n: torch_func_runner(arch, seeds, n, device)}[name]
         runners[name] = make(steps[name])
     times = {name: [] for name in runners}
     for _ in range(repeats):
@@ -203,7 +235,8 @@ def measure_row(arch: str, seeds: int, steps: dict[str, int], repeats: int) -> d
             times[name].append(run())
     rates = {name: seeds * steps[name] / float(np.median(ts)) for name, ts in times.items()}
     return {"arch": arch, "seeds": seeds, "rates": rates, "skipped": skipped,
-            "torch": _torch_version(), "devices": cores}
+            "torch": _torch_version(), "torch_device": device, "devices": cores,
+            "backend": jax.default_backend()}
 
 
 def jax_devices() -> list:
@@ -258,17 +291,19 @@ def format_table(rows: list[dict], memory: list[dict], torch_threads: int = 1) -
                      f"{cell('wsjax-fast-1')} | {cell('wsjax-plain')} | {cell('torch-loop')} | "
                      f"{cell('torch-func')} | "
                      f"{ratio('wsjax-plain')} | {ratio('torch-loop')} | {ratio('torch-func')} |")
+    backend = rows[0].get("backend", "cpu") if rows else "cpu"
+    where = ("CPU device(s), one per core (wsjax.sharding.use_cpu_cores)" if backend == "cpu"
+             else f"{backend.upper()} device(s)")
     notes = ["", "model-steps/s (seeds x optimizer steps / s), medians; ratios from the same "
              "process. wsjax fast, all cores: the seeds sharded over "
-             f"{rows[0].get('devices', 1) if rows else 1} CPU device(s), one per core "
-             "(wsjax.sharding.use_cpu_cores)."]
+             f"{rows[0].get('devices', 1) if rows else 1} {where}."]
     for r in rows:
         for name, why in r["skipped"].items():
             notes.append(f"{r['arch']}: {name} skipped: {why}")
-    versions = {r["torch"] for r in rows if r["torch"]}
-    if versions:
-        notes.append(f"PyTorch {', '.join(sorted(versions))}, {torch_threads} intra-op "
-                     "thread(s)")
+    versions = {(r["torch"], r.get("torch_device") or "cpu") for r in rows if r["torch"]}
+    for version, device in sorted(versions):
+        notes.append(f"PyTorch {version} on {device}"
+                     + (f", {torch_threads} intra-op thread(s)" if device == "cpu" else ""))
     for m in memory:
         notes.append(f"peak memory, {m['arch']} fast zoo of {m['seeds']} seeds, one epoch of "
                      f"{m['n_train']:,} examples: {m['peak_rss_mib']:,.0f} MiB resident "
@@ -288,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--torch-threads", type=int, default=1,
                    help="PyTorch intra-op threads (default 1: faster than 2 for these tiny "
                         "models on a busy 2-core machine)")
+    p.add_argument("--torch-device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where the PyTorch peers run (auto: the GPU where JAX runs on one)")
     p.add_argument("--row", default=None, help=argparse.SUPPRESS)
     p.add_argument("--memory", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -303,11 +340,19 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(a.torch_threads)
         except ImportError:
             pass
-        print(json.dumps(measure_row(a.arch[0], a.seeds, steps, a.repeats)))
+        print(json.dumps(measure_row(a.arch[0], a.seeds, steps, a.repeats, a.torch_device)))
         return 0
     if a.memory:
         print(json.dumps(measure_memory(a.arch[0], a.seeds, int(a.memory))))
         return 0
+    if a.torch_device == "cuda":
+        try:
+            import torch
+        except ImportError:
+            p.error("--torch-device cuda: torch is not installed (pip install torch)")
+        if not torch.cuda.is_available():
+            p.error("--torch-device cuda: this PyTorch sees no CUDA GPU; use --torch-device "
+                    "cpu or auto")
     rows, memory = [], []
     for arch in a.arch:
         fast = a.steps or {"ffnn": 1000, "cnn": 200}[arch]
@@ -316,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
                  "torch-loop": max(20, fast // 50), "torch-func": max(1, fast // 8)}
         rows.append(_in_fresh_process(["--arch", arch, "--seeds", str(a.seeds), "--repeats",
                                        str(a.repeats), "--torch-threads",
-                                       str(a.torch_threads), "--row", json.dumps(steps)]))
+                                       str(a.torch_threads), "--torch-device",
+                                       a.torch_device, "--row", json.dumps(steps)]))
         print(format_table(rows, memory, a.torch_threads), file=sys.stderr, flush=True)
     if a.memory_train:
         for arch in a.arch:
