@@ -62,19 +62,18 @@ def _bmm(spec: str, a: Array, b: Array) -> Array:
     return jnp.einsum(spec, a, b, precision=jax.lax.Precision.HIGHEST)
 
 
-def _dense(x: Array, w: Array, transposed: bool = True, shared: bool = False) -> Array:
-    """x [S, B, I] (or [B, I] shared) times per-member w [S, O, I] (transposed) or [S, I, O].
+def _dense(x: Array, w: Array, shared: bool = False) -> Array:
+    """x [S, B, I] (or [B, I] shared) times per-member w [S, O, I] -> [S, B, O].
 
     For small batches as one batched matrix-vector product per example: on a CPU those run
     several times faster than one batched product of [B, I] blocks, which the matrix library
     handles poorly at this size.
     """
-    wspec = "soi" if transposed else "sio"
     if shared:
-        return _bmm(f"bi,{wspec}->sbo", x, w)
+        return _bmm("bi,soi->sbo", x, w)
     if x.shape[1] > 8:
-        return _bmm(f"sbi,{wspec}->sbo", x, w)
-    return jnp.stack([_bmm(f"si,{wspec}->so", x[:, b], w) for b in range(x.shape[1])], axis=1)
+        return _bmm("sbi,soi->sbo", x, w)
+    return jnp.stack([_bmm("si,soi->so", x[:, b], w) for b in range(x.shape[1])], axis=1)
 
 
 def _outer_sum(a: Array, d: Array) -> Array:
