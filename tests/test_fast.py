@@ -204,3 +204,29 @@ def test_cpu_compile_options_change_speed_not_results(digits, monkeypatch):
     for run, want in zip(runs, with_options, strict=True):
         for g, w in zip(jax.tree.leaves(run(trainer)), jax.tree.leaves(want), strict=True):
             np.testing.assert_allclose(np.asarray(g), np.asarray(w), **TOL)
+
+
+@pytest.mark.parametrize("name", ["ffnn", "cnn"])
+def test_accelerator_layout_runs_all_members_as_one_block(digits, name, monkeypatch):
+    """Off the CPU the members are not cut into blocks and the test batch is not cut to a
+    cache budget; checked here by having the trainer take the CPU for an accelerator."""
+    import wsjax.fast as fast
+
+    x, y, xt, yt = shaped(small(digits, 40, n_test=30), name)
+    plain, _ = both(name)
+    trainer = make_fast_trainer(ARCHS[name].make_module(), sgd_with_weight_decay, mse_sum,
+                                ARCHS[name].batch_size, eval_batch_size=16, eval_budget=600)
+    members = 5
+    hp = plain.broadcast_hparams(hparams(name), members)
+    state = plain.init(jax.random.split(jax.random.key(7), members), hp, x)
+    assert trainer.block_size(cpu=True) == trainer.kernels.seed_block
+    assert trainer.eval_batch(state) < 16
+    monkeypatch.setattr(fast, "_on_cpu", lambda tree: False)
+    assert trainer.block_size(cpu=False) is None
+    assert trainer.eval_batch(state) == 16
+    got = trainer.train_epochs(state, hp, x, y, 1, 1), trainer.evaluate(state, xt, yt)
+    assert {key[2] for key in trainer._programs} == {None}
+    want = plain.train_epochs(state, hp, x, y, 1, 1), plain.evaluate(state, xt, yt)
+    # products of another shape than in the other tests: summed in another order
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-5)

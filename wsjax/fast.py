@@ -402,10 +402,20 @@ def _member_mesh(state: MemberState):
     return None
 
 
-def _member_blocks(members: int, block: int):
+def _on_cpu(tree) -> bool:
+    """Whether the arrays of `tree` live on CPU devices (for host arrays: JAX's default
+    backend)."""
+    for leaf in jax.tree.leaves(tree):
+        if isinstance(leaf, jax.Array):
+            return all(d.platform == "cpu" for d in leaf.devices())
+    return jax.default_backend() == "cpu"
+
+
+def _member_blocks(members: int, block: int | None):
     """(split, merge): [S, ...] <-> [blocks, size, ...], members cut into equal blocks of at
-    most `block`, the last padded with copies of the last member (merge drops them)."""
-    blocks = -(-members // min(block, members))
+    most `block` (None: one block), the last padded with copies of the last member (merge
+    drops them)."""
+    blocks = -(-members // min(block or members, members))
     size = -(-members // blocks)
     pad = jnp.minimum(jnp.arange(blocks * size), members - 1)
 
@@ -441,11 +451,13 @@ class FastTrainer(BatchedTrainer):
 
     Args (beyond BatchedTrainer's):
         kernels: `fast_kernels(model)`.
-        eval_budget: floats of activations of one block of members for one evaluation batch
-            (sets the test batch; speed and memory, not results): small enough to stay in a
-            CPU's cache.
-        seed_block: members trained together, block after block (speed, not results);
-            default: the kernels' own.
+        eval_budget: on a CPU, floats of activations of one block of members for one
+            evaluation batch (sets the test batch; speed and memory, not results): small
+            enough to stay in the cache. Elsewhere the test batch is eval_batch_size.
+        seed_block: members trained together, block after block (speed, not results).
+            Default: on a CPU the kernels' own, whose working set stays in the cache; on an
+            accelerator all members in one block, since it runs a block's members in
+            parallel and the blocks one after another.
     """
 
     def __init__(self, model, kernels, loss_fn: Callable[[Array, Array], Array],
@@ -454,16 +466,24 @@ class FastTrainer(BatchedTrainer):
         super().__init__(model, sgd_with_weight_decay, loss_fn, batch_size, eval_batch_size)
         self.kernels = kernels
         self.eval_budget = int(eval_budget)
-        self.seed_block = int(seed_block or kernels.seed_block)
+        self.seed_block = None if seed_block is None else int(seed_block)
         self._orders = jax.jit(self._epoch_orders, static_argnums=(2,))
         self._programs = {}
 
-    def _program(self, fn, mesh, in_specs: str):
-        """`fn` jitted once (per mesh), with `_compile_options()` (asked on first use, so that
-        building a trainer does not start JAX). With a mesh, under shard_map: members sharded
-        ("m" in `in_specs`) or replicated ("r"), each device running its own members."""
-        key = (fn.__name__, mesh)
+    def block_size(self, cpu: bool) -> int | None:
+        """Members per block (None: all in one) where the members live on a CPU or not."""
+        if self.seed_block is not None:
+            return self.seed_block
+        return self.kernels.seed_block if cpu else None
+
+    def _program(self, fn, mesh, in_specs: str, block: int | None):
+        """`fn` with its members in blocks of `block`, jitted once (per mesh and block), with
+        `_compile_options()` (asked on first use, so that building a trainer does not start
+        JAX). With a mesh, under shard_map: members sharded ("m" in `in_specs`) or replicated
+        ("r"), each device running its own members."""
+        key = (fn.__name__, mesh, block)
         if key not in self._programs:
+            fn = functools.partial(fn, block=block)
             if mesh is not None:
                 spec = jax.sharding.PartitionSpec(mesh.axis_names[0])
                 specs = tuple(spec if c == "m" else jax.sharding.PartitionSpec()
@@ -479,7 +499,7 @@ class FastTrainer(BatchedTrainer):
         mesh = _member_mesh(state)
         # Members sharded over devices (wsjax.sharding): each device trains its own members,
         # and every output stays sharded member by member.
-        fn = self._program(self._all_epoch, mesh, "mmrrm")
+        fn = self._program(self._all_epoch, mesh, "mmrrm", self.block_size(_on_cpu(state)))
         # The data orders are drawn by a program of their own: its host callback (see
         # `permutations`) must not run inside a program that spans several devices.
         keys = jnp.asarray(jax.device_get(state.shuffle_key))
@@ -504,8 +524,9 @@ class FastTrainer(BatchedTrainer):
         """Per-member loss [S] and dLoss/dout [S, B, C] of outputs [S, B, C], labels [S, B]."""
         return jax.vmap(jax.value_and_grad(self.loss_fn))(out, y)
 
-    def _all_epoch(self, state: MemberState, hp: HParams, x: Array, y: Array, orders: Array):
-        """One epoch of all members, the data taken in `orders` [S, N].
+    def _all_epoch(self, state: MemberState, hp: HParams, x: Array, y: Array, orders: Array,
+                   block: int | None):
+        """One epoch of all members, the data taken in `orders` [S, N], in blocks of `block`.
 
         Returns (state, (loss [S, 1], flat weights [S, 1, P], finite [S, 1])).
         """
@@ -514,7 +535,7 @@ class FastTrainer(BatchedTrainer):
         trace, replace_trace = _find_trace(state.opt_state)
         # Members run in blocks, one after another: a block's weights and activations stay in
         # cache for the whole loop over steps.
-        split, merge = _member_blocks(members, self.seed_block)
+        split, merge = _member_blocks(members, block)
         inputs = jax.tree.map(split, (k.to_weights(state.params), k.to_weights(trace), hp,
                                       orders))
         feats = k.prepare(x)
@@ -559,9 +580,9 @@ class FastTrainer(BatchedTrainer):
 
     def _eval_program(self, state: MemberState):
         mesh = _member_mesh(state)
-        return self._program(self._all_eval, mesh, "mrrr")
+        return self._program(self._all_eval, mesh, "mrrr", self.block_size(_on_cpu(state)))
 
-    def _all_eval(self, params, x: Array, y: Array, n_valid: Array):
+    def _all_eval(self, params, x: Array, y: Array, n_valid: Array, block: int | None):
         """Accuracy [S] and mean per-example loss [S] over the first n_valid rows of x, y.
 
         x [nb, eb, ...], y [nb, eb]: the test set cut into batches (padded). Members run in
@@ -569,7 +590,7 @@ class FastTrainer(BatchedTrainer):
         """
         k = self.kernels
         members = jax.tree.leaves(params)[0].shape[0]
-        split, merge = _member_blocks(members, self.seed_block)
+        split, merge = _member_blocks(members, block)
         per_example = jax.vmap(jax.vmap(lambda o, t: self.loss_fn(o[None], t[None])),
                                in_axes=(0, None))
         nb, eb = x.shape[:2]
@@ -596,11 +617,14 @@ class FastTrainer(BatchedTrainer):
             merge, jax.lax.map(block_eval, jax.tree.map(split, k.to_weights(params))))
         return correct / n_valid, loss / n_valid
 
-    def eval_batch(self, members: int) -> int:
+    def eval_batch(self, state: MemberState) -> int:
+        if not _on_cpu(state.params):
+            return self.eval_batch_size
         # The activations of one block of members for one test batch stay under eval_budget
         # floats.
+        members = jax.tree.leaves(state.params)[0].shape[0]
         per_example = 600 if isinstance(self.kernels, CNNKernels) else 30
-        block = min(self.seed_block, max(1, members))
+        block = min(self.block_size(True), max(1, members))
         return max(1, min(self.eval_batch_size, self.eval_budget // (block * per_example)))
 
 

@@ -315,14 +315,15 @@ class BatchedTrainer:
                 f"training set has {x.shape[0]} examples, fewer than one batch "
                 f"({self.batch_size})")
 
-    def eval_batch(self, members: int) -> int:
-        """Test examples per evaluation step for `members` members (memory, not results)."""
+    def eval_batch(self, state: MemberState) -> int:
+        """Test examples per evaluation step for the members of `state` (memory, not
+        results)."""
         return self.eval_batch_size
 
     def evaluate(self, state: MemberState, x: Array, y: Array):
         """Test accuracy [S] and mean per-example test loss [S] of every member."""
         n = x.shape[0]
-        eb = min(self.eval_batch(jax.tree.leaves(state.params)[0].shape[0]), n)
+        eb = min(self.eval_batch(state), n)
         nb = -(-n // eb)
         pad = nb * eb - n
         xp = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]).reshape(
