@@ -146,6 +146,21 @@ def test_host_permutations_equal_jax_permutation(n):
         assert any(len(np.unique(row)) < n for row in np.asarray(sub))
 
 
+@pytest.mark.parametrize("n", [1, 2, 5, 4097])
+def test_unrolled_threefry_bits_equal_jax_random_bits(n):
+    from wsjax.fast import _random_bits, _threefry_bits
+
+    keys = jax.random.split(jax.random.key(11), 3)
+    want = jax.vmap(lambda k: jax.random.bits(k, (n,), jnp.uint32))(keys)
+    got = jax.jit(jax.vmap(lambda k: _threefry_bits(k, n)))(keys)
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    # another key implementation: jax.random.bits itself
+    rbg = jax.random.key(11, impl="rbg")
+    np.testing.assert_array_equal(np.asarray(_random_bits(rbg, n)),
+                                  np.asarray(jax.random.bits(rbg, (n,), jnp.uint32)))
+
+
 def test_conv2_as_dense_matrix_equals_convolution():
     """The CNN's second conv as one dense matrix (and its gradient fold) against lax's
     convolution and JAX's own derivative of the matrix construction."""

@@ -313,23 +313,31 @@ def fast_kernels(module) -> FFNNKernels | CNNKernels | None:
     return None
 
 
-def _stable_argsort_rows(sort_keys: np.ndarray) -> np.ndarray:
-    """Stable argsort of each row of uint32 keys [S, n] -> int32 [S, n], in NumPy.
-
-    Key and position packed into one unique uint64 make an unstable sort give the stable
-    order; NumPy's SIMD sort of uint64 is several times faster than a stable sort of uint32.
-    """
-    n = sort_keys.shape[-1]
-    packed = (sort_keys.astype(np.uint64) << np.uint64(32)) | np.arange(n, dtype=np.uint64)
-    return (np.sort(packed, axis=-1) & np.uint64(0xFFFFFFFF)).astype(np.int32)
-
-
 def _shuffle_rows(sort_keys: np.ndarray) -> np.ndarray:
-    """uint32 sort keys [rounds, S, n] -> the permutations [S, n] that the rounds give."""
-    perm = np.broadcast_to(np.arange(sort_keys.shape[-1], dtype=np.int32), sort_keys.shape[1:])
-    for round_keys in sort_keys:
-        perm = np.take_along_axis(perm, _stable_argsort_rows(round_keys), axis=-1)
-    return perm
+    """uint32 sort keys [rounds, S, n] -> the permutations [S, n] that the rounds give: each
+    round a stable sort of the current order by that round's keys.
+
+    A key and its position packed into one unique uint64 make an unstable sort give the stable
+    order (NumPy's SIMD sort of uint64 is several times faster than a stable sort of uint32).
+    One row at a time, so that its [n] arrays stay in cache: 2.8x faster than whole-array
+    passes for 250 rows of 60,000.
+    """
+    rounds, members, n = sort_keys.shape
+    if rounds == 0:
+        return np.tile(np.arange(n, dtype=np.int32), (members, 1))
+    out = np.empty((members, n), np.int32)
+    position = np.arange(n, dtype=np.uint64)
+    packed = np.empty(n, np.uint64)
+    low = packed.view(np.uint32)[0::2] if np.little_endian else packed.view(np.uint32)[1::2]
+    for s in range(members):
+        perm = None
+        for r in range(rounds):
+            np.left_shift(sort_keys[r, s], 32, out=packed, dtype=np.uint64)
+            packed |= position
+            packed.sort()
+            perm = low.astype(np.int32) if perm is None else perm[low]
+        out[s] = perm
+    return out
 
 
 def _host_shuffle(sort_keys: np.ndarray) -> np.ndarray:
@@ -343,6 +351,42 @@ def _host_shuffle(sort_keys: np.ndarray) -> np.ndarray:
     with ThreadPoolExecutor(workers) as pool:
         parts = pool.map(lambda a, b: _shuffle_rows(sort_keys[:, a:b]), bounds[:-1], bounds[1:])
         return np.concatenate(list(parts))
+
+
+def _rotate_left(v: Array, r: int) -> Array:
+    return (v << np.uint32(r)) | (v >> np.uint32(32 - r))
+
+
+def _threefry_bits(key: Array, n: int) -> Array:
+    """`jax.random.bits(key, (n,), jnp.uint32)` of a threefry2x32 key (partitionable mode), bit
+    for bit: the Threefry-2x32 hash (20 rounds) of the counters 0..n-1, high words 0, the two
+    output words xor-ed.
+
+    JAX's CPU lowering of the hash keeps its rounds in a loop over whole arrays, a pass through
+    memory per round; unrolled here, XLA fuses the 20 rounds into one loop (4-5x faster on a
+    CPU, where drawing the sort keys of 250 orders of 60,000 rows had taken 0.8 s per epoch).
+    """
+    k1, k2 = jax.random.key_data(key)
+    ks = (k1, k2, k1 ^ k2 ^ np.uint32(0x1BD11BDA))
+    x0 = jnp.zeros((n,), jnp.uint32) + ks[0]
+    x1 = jnp.arange(n, dtype=jnp.uint32) + ks[1]
+    rotations = ((13, 15, 26, 6), (17, 29, 16, 24))
+    for i in range(5):
+        for r in rotations[i % 2]:
+            x0 = x0 + x1
+            x1 = _rotate_left(x1, r) ^ x0
+        x0 = x0 + ks[(i + 1) % 3]
+        x1 = x1 + ks[(i + 2) % 3] + np.uint32(i + 1)
+    return x0 ^ x1
+
+
+def _random_bits(key: Array, n: int) -> Array:
+    """uint32 [n]: `jax.random.bits(key, (n,), jnp.uint32)`, by `_threefry_bits` where that is
+    the same computation."""
+    if (str(jax.random.key_impl(key)) == "threefry2x32" and jax.config.jax_threefry_partitionable
+            and n < 2**32):
+        return _threefry_bits(key, n)
+    return jax.random.bits(key, (n,), jnp.uint32)
 
 
 def permutations(keys: Array, n: int, on_host: bool | None = None) -> Array:
@@ -367,7 +411,7 @@ def permutations(keys: Array, n: int, on_host: bool | None = None) -> Array:
         out = []
         for _ in range(rounds):
             key, sub = jax.random.split(key)
-            out.append(jax.random.bits(sub, (n,), jnp.uint32))
+            out.append(_random_bits(sub, n))
         return jnp.stack(out)
 
     sort_keys = jnp.swapaxes(jax.vmap(draws)(keys), 0, 1)              # [rounds, S, n]
