@@ -146,6 +146,28 @@ def test_host_permutations_equal_jax_permutation(n):
         assert any(len(np.unique(row)) < n for row in np.asarray(sub))
 
 
+def test_dense_per_example_and_single_product_agree(monkeypatch):
+    """`_dense`'s CPU form (a product per example) and its form elsewhere (one product)."""
+    import wsjax.fast as fast
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 4, 196)).astype(np.float32)
+    w = rng.standard_normal((3, 10, 196)).astype(np.float32)
+    want = np.einsum("sbi,soi->sbo", x.astype(np.float64), w.astype(np.float64))
+
+    def products():
+        eqns = jax.make_jaxpr(lambda a, b: fast._dense(a, b))(x, w).jaxpr.eqns  # traced anew
+        return sum(e.primitive.name == "dot_general" for e in eqns)
+
+    per_example = np.asarray(fast._dense(jnp.asarray(x), jnp.asarray(w)))
+    assert products() == 4
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    one = np.asarray(fast._dense(jnp.asarray(x), jnp.asarray(w)))
+    assert products() == 1
+    np.testing.assert_allclose(per_example, want, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(one, want, rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("n", [1, 2, 5, 4097])
 def test_unrolled_threefry_bits_equal_jax_random_bits(n):
     from wsjax.fast import _random_bits, _threefry_bits

@@ -65,13 +65,14 @@ def _bmm(spec: str, a: Array, b: Array) -> Array:
 def _dense(x: Array, w: Array, shared: bool = False) -> Array:
     """x [S, B, I] (or [B, I] shared) times per-member w [S, O, I] -> [S, B, O].
 
-    For small batches as one batched matrix-vector product per example: on a CPU those run
+    For small batches on a CPU as one batched matrix-vector product per example: those run
     several times faster than one batched product of [B, I] blocks, which the matrix library
-    handles poorly at this size.
+    handles poorly at this size. Elsewhere one product: on an accelerator every product is a
+    kernel launch of its own inside the step loop (a choice not yet measured on a GPU).
     """
     if shared:
         return _bmm("bi,soi->sbo", x, w)
-    if x.shape[1] > 8:
+    if x.shape[1] > 8 or jax.default_backend() != "cpu":
         return _bmm("sbi,soi->sbo", x, w)
     return jnp.stack([_bmm("si,soi->so", x[:, b], w) for b in range(x.shape[1])], axis=1)
 
