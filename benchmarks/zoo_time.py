@@ -1,7 +1,7 @@
 """Wall time of a whole zoo run, as `python -m experiments.zoo` makes it, on data of MNIST's size.
 
     python benchmarks/zoo_time.py                          # the paper's zoos: 250 x 50, both
-    python benchmarks/zoo_time.py --arch cnn --epochs 2    # a slice, extrapolated to 50 epochs
+    python benchmarks/zoo_time.py --arch cnn --epochs 2    # a slice, scaled to 50 epochs
 
 The zoo is trained by `wsjax.zoo.run_zoo` into a temporary run directory (removed afterwards)
 with everything a real run does: initial and per-epoch evaluation on the test set, snapshots
@@ -9,14 +9,13 @@ and resumable state saved every epoch, the seeds sharded over all local devices 
 device per core, `wsjax.sharding.use_cpu_cores`). The data are random images of MNIST's
 shape and size (60,000 training, 10,000 test examples, values in [0, 1), random labels): the
 time does not depend on the values, and no download is needed. Wall time counts everything from
-the call to its return, compilation included; a run of fewer than 50 epochs is extrapolated at
-its mean time per epoch, compilation and setup spread over its epochs, so the estimate is an
-upper bound.
+the call to its return, compilation included; a run of another number of epochs is scaled to
+50 at its mean time per epoch, compilation and setup spread over its epochs (for fewer than 50
+epochs an upper bound).
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import sys
@@ -25,6 +24,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from wsjax.cli import ArgumentParser, run_cli
+from wsjax.errors import ConfigError
+from wsjax.models import get_arch
 
 PAPER_EPOCHS = 50
 
@@ -69,8 +72,8 @@ def time_zoo(arch: str, seeds: int, epochs: int, n_train: int, n_test: int) -> d
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="benchmarks/zoo_time.py", description=__doc__.splitlines()[0])
     p.add_argument("--arch", nargs="+", choices=["ffnn", "cnn"], default=["ffnn", "cnn"])
     p.add_argument("--seeds", type=int, default=250)
     p.add_argument("--epochs", type=int, default=PAPER_EPOCHS,
@@ -82,28 +85,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if min(args.seeds, args.epochs, args.n_train, args.n_test) < 1:
-        print("error: --seeds, --epochs, --n-train and --n-test must be at least 1",
-              file=sys.stderr)
-        return 2
+    if min(args.seeds, args.epochs, args.n_test) < 1:
+        raise ConfigError("--seeds, --epochs and --n-test must be at least 1")
+    for arch in args.arch:
+        batch = get_arch(arch).batch_size
+        if args.n_train < batch:
+            raise ConfigError(f"--n-train {args.n_train} is less than one {arch} batch "
+                              f"({batch}); give at least {batch}")
     from wsjax.sharding import use_cpu_cores
 
     use_cpu_cores()
-    rows = [time_zoo(a, args.seeds, args.epochs, args.n_train, args.n_test) for a in args.arch]
+    rows = []
+    for arch in args.arch:
+        rows.append(time_zoo(arch, args.seeds, args.epochs, args.n_train, args.n_test))
+        print(json.dumps(rows[-1]), flush=True)  # kept should a later zoo fail
     print("| arch | seeds x epochs | training set | wall time | model-steps/s "
           "| paper-size zoo (50 epochs) | devices |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        paper = f"{r['paper_zoo_s']:.0f} s" + (" (extrapolated)" if r["epochs"] < PAPER_EPOCHS
+        paper = f"{r['paper_zoo_s']:.0f} s" + (" (scaled)" if r["epochs"] != PAPER_EPOCHS
                                                 else "")
         print(f"| {r['arch'].upper()} | {r['seeds']} x {r['epochs']} | {r['n_train']:,} "
               f"| {r['wall_s']:.1f} s | {r['model_steps_per_s']:,} | {paper} "
               f"| {r['devices']} |")
     print(f"{rows[0]['date']}, JAX {rows[0]['jax']} on {rows[0]['backend']}")
-    for r in rows:
-        print(json.dumps(r))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

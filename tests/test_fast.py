@@ -129,7 +129,7 @@ def test_unsupported_configurations_fall_back_to_plain_trainer(digits):
     np.testing.assert_array_equal(got.snapshots, want.snapshots)
 
 
-@pytest.mark.parametrize("n", [1, 2, 7, 1000, 60_000])
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 1000, 60_000])
 def test_host_permutations_equal_jax_permutation(n):
     """Sorted on the host, the data orders are jax.random.permutation's bit for bit. At 60,000
     rows two of the 32-bit sort keys of a row collide in most rows, so the stable order of
@@ -177,10 +177,37 @@ def test_unrolled_threefry_bits_equal_jax_random_bits(n):
     got = jax.jit(jax.vmap(lambda k: _threefry_bits(k, n)))(keys)
     assert got.dtype == want.dtype
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
-    # another key implementation: jax.random.bits itself
+
+    def primitives(key):
+        eqns = jax.make_jaxpr(lambda k: _random_bits(k, n))(key).jaxpr.eqns
+        return {e.primitive.name for e in eqns}
+
+    # threefry keys take the unrolled hash, other key implementations jax.random.bits
+    assert "random_bits" not in primitives(keys[0])
     rbg = jax.random.key(11, impl="rbg")
+    assert "random_bits" in primitives(rbg)
     np.testing.assert_array_equal(np.asarray(_random_bits(rbg, n)),
                                   np.asarray(jax.random.bits(rbg, (n,), jnp.uint32)))
+
+
+def test_host_permutations_equal_jax_permutation_without_partitionable_threefry():
+    from wsjax.fast import permutations
+
+    keys = jax.random.split(jax.random.key(5), 3)
+    with jax.threefry_partitionable(False):
+        want = jax.vmap(lambda k: jax.random.permutation(k, 2000))(keys)
+        got = jax.jit(lambda k: permutations(k, 2000, on_host=True))(keys)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_seed_block_must_be_positive():
+    from wsjax.errors import ConfigError
+
+    spec = ARCHS["ffnn"]
+    for bad in (0, -3):
+        with pytest.raises(ConfigError, match="seed_block"):
+            make_fast_trainer(spec.make_module(), sgd_with_weight_decay, mse_sum,
+                              spec.batch_size, seed_block=bad)
 
 
 def test_conv2_as_dense_matrix_equals_convolution():

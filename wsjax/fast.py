@@ -42,6 +42,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
+from wsjax.errors import ConfigError
 from wsjax.models import CNN, FFNN
 from wsjax.sharding import usable_cores
 from wsjax.train import (
@@ -451,7 +452,7 @@ def _on_cpu(tree) -> bool:
     """Whether the arrays of `tree` live on CPU devices (for host arrays: JAX's default
     backend)."""
     for leaf in jax.tree.leaves(tree):
-        if isinstance(leaf, jax.Array):
+        if isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer):
             return all(d.platform == "cpu" for d in leaf.devices())
     return jax.default_backend() == "cpu"
 
@@ -460,7 +461,7 @@ def _member_blocks(members: int, block: int | None):
     """(split, merge): [S, ...] <-> [blocks, size, ...], members cut into equal blocks of at
     most `block` (None: one block), the last padded with copies of the last member (merge
     drops them)."""
-    blocks = -(-members // min(block or members, members))
+    blocks = -(-members // min(members if block is None else block, members))
     size = -(-members // blocks)
     pad = jnp.minimum(jnp.arange(blocks * size), members - 1)
 
@@ -511,6 +512,9 @@ class FastTrainer(BatchedTrainer):
         super().__init__(model, sgd_with_weight_decay, loss_fn, batch_size, eval_batch_size)
         self.kernels = kernels
         self.eval_budget = int(eval_budget)
+        if seed_block is not None and int(seed_block) < 1:
+            raise ConfigError(f"seed_block must be at least 1 (None: the platform's default), "
+                              f"got {seed_block}")
         self.seed_block = None if seed_block is None else int(seed_block)
         self._orders = jax.jit(self._epoch_orders, static_argnums=(2,))
         self._programs = {}
