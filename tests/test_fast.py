@@ -117,9 +117,10 @@ def test_unsupported_configurations_fall_back_to_plain_trainer(digits):
     assert isinstance(make_trainer(ZooConfig(arch="cnn", dataset="digits")), FastTrainer)
     assert type(make_trainer(ZooConfig(arch="cnn", dataset="digits"), fast=False)) \
         is BatchedTrainer
-    # a model with biases trains on the plain path and equals the plain trainer
+    # a model with biases trains on the plain path and equals the plain trainer; the fast
+    # trainer's speed options are dropped there
     config = ZooConfig(arch="ffnn", dataset="digits", use_bias=True, seeds=2, epochs=1)
-    trainer = make_trainer(config)
+    trainer = make_trainer(config, seed_block=2, unroll=3)
     assert type(trainer) is BatchedTrainer
     ds = small(digits, 40, n_test=50)
     keys = jax.random.split(jax.random.key(0), 2)
@@ -147,7 +148,8 @@ def test_host_permutations_equal_jax_permutation(n):
 
 
 def test_dense_per_example_and_single_product_agree(monkeypatch):
-    """`_dense`'s CPU form (a product per example) and its form elsewhere (one product)."""
+    """`_dense`'s CPU form (a product per example) and its form elsewhere (one product), on
+    whatever platform the tests run."""
     import wsjax.fast as fast
 
     rng = np.random.default_rng(0)
@@ -159,6 +161,7 @@ def test_dense_per_example_and_single_product_agree(monkeypatch):
         eqns = jax.make_jaxpr(lambda a, b: fast._dense(a, b))(x, w).jaxpr.eqns  # traced anew
         return sum(e.primitive.name == "dot_general" for e in eqns)
 
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
     per_example = np.asarray(fast._dense(jnp.asarray(x), jnp.asarray(w)))
     assert products() == 4
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
@@ -200,14 +203,35 @@ def test_host_permutations_equal_jax_permutation_without_partitionable_threefry(
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
-def test_seed_block_must_be_positive():
+def test_speed_options_must_be_positive_and_known():
     from wsjax.errors import ConfigError
 
     spec = ARCHS["ffnn"]
-    for bad in (0, -3):
-        with pytest.raises(ConfigError, match="seed_block"):
-            make_fast_trainer(spec.make_module(), sgd_with_weight_decay, mse_sum,
-                              spec.batch_size, seed_block=bad)
+    for option in ("seed_block", "unroll"):
+        for bad in (0, -3):
+            with pytest.raises(ConfigError, match=option):
+                make_fast_trainer(spec.make_module(), sgd_with_weight_decay, mse_sum,
+                                  spec.batch_size, **{option: bad})
+    with pytest.raises(ConfigError, match="unknown trainer option.*unrol"):
+        make_trainer(ZooConfig(arch="ffnn", dataset="digits"), unrol=4)
+
+
+@pytest.mark.parametrize("name,n_train", [("ffnn", 40), ("cnn", 60)])
+def test_unrolled_step_loop_changes_speed_not_results(digits, name, n_train):
+    """Several optimizer steps per loop iteration, the step count (10, 5) not a multiple of
+    the unroll: the same epochs as one step per iteration."""
+    x, y, _, _ = shaped(small(digits, n_train), name)
+    _, once = both(name)
+    _, unrolled = both(name)
+    unrolled.unroll = 3
+    hp = once.broadcast_hparams(hparams(name), 3)
+    state = once.init(jax.random.split(jax.random.key(11), 3), hp, x)
+    want = once.train_epochs(state, hp, x, y, 1, 2)
+    got = unrolled.train_epochs(state, hp, x, y, 1, 2)
+    assert {dict(k[2])["unroll"] for k in unrolled._programs if k[0] == "_all_epoch"} == {3}
+    assert {dict(k[2])["unroll"] for k in once._programs if k[0] == "_all_epoch"} == {1}
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), **TOL)
 
 
 def test_conv2_as_dense_matrix_equals_convolution():
@@ -256,8 +280,10 @@ def test_cpu_compile_options_change_speed_not_results(digits, monkeypatch):
     """Without the XLA options (an XLA that lacks them) the fast trainer computes the same."""
     import wsjax.fast as fast
 
+    if jax.default_backend() != "cpu":
+        pytest.skip("the CPU compile options apply only where JAX's default backend is the CPU")
     x, y, xt, yt = shaped(small(digits, 40, n_test=30), "ffnn")
-    assert fast._compile_options() == fast._CPU_OPTIONS  # the tests run on a CPU
+    assert fast._compile_options() == fast._CPU_OPTIONS
     _, trainer = both("ffnn")
     hp = trainer.broadcast_hparams(hparams("ffnn"), 3)
     state = trainer.init(jax.random.split(jax.random.key(5), 3), hp, x)
@@ -273,7 +299,8 @@ def test_cpu_compile_options_change_speed_not_results(digits, monkeypatch):
 @pytest.mark.parametrize("name", ["ffnn", "cnn"])
 def test_accelerator_layout_runs_all_members_as_one_block(digits, name, monkeypatch):
     """Off the CPU the members are not cut into blocks and the test batch is not cut to a
-    cache budget; checked here by having the trainer take the CPU for an accelerator."""
+    cache budget; checked by having the trainer take its platform for a CPU, then for an
+    accelerator."""
     import wsjax.fast as fast
 
     x, y, xt, yt = shaped(small(digits, 40, n_test=30), name)
@@ -284,12 +311,13 @@ def test_accelerator_layout_runs_all_members_as_one_block(digits, name, monkeypa
     hp = plain.broadcast_hparams(hparams(name), members)
     state = plain.init(jax.random.split(jax.random.key(7), members), hp, x)
     assert trainer.block_size(cpu=True) == trainer.kernels.seed_block
+    monkeypatch.setattr(fast, "_on_cpu", lambda tree: True)
     assert trainer.eval_batch(state) < 16
     monkeypatch.setattr(fast, "_on_cpu", lambda tree: False)
     assert trainer.block_size(cpu=False) is None
     assert trainer.eval_batch(state) == 16
     got = trainer.train_epochs(state, hp, x, y, 1, 1), trainer.evaluate(state, xt, yt)
-    assert {key[2] for key in trainer._programs} == {None}
+    assert {dict(key[2])["block"] for key in trainer._programs} == {None}
     want = plain.train_epochs(state, hp, x, y, 1, 1), plain.evaluate(state, xt, yt)
     # products of another shape than in the other tests: summed in another order
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):

@@ -504,11 +504,15 @@ class FastTrainer(BatchedTrainer):
             Default: on a CPU the kernels' own, whose working set stays in the cache; on an
             accelerator all members in one block, since it runs a block's members in
             parallel and the blocks one after another.
+        unroll: optimizer steps per iteration of the compiled step loop (speed, not
+            results). Default 1: more was slower on a 2-core CPU and on an H200 GPU
+            (benchmarks/epoch_variants.py; README, Training speed).
     """
 
     def __init__(self, model, kernels, loss_fn: Callable[[Array, Array], Array],
                  batch_size: int, eval_batch_size: int = 1000,
-                 eval_budget: int = 250_000, seed_block: int | None = None):
+                 eval_budget: int = 250_000, seed_block: int | None = None,
+                 unroll: int = 1):
         super().__init__(model, sgd_with_weight_decay, loss_fn, batch_size, eval_batch_size)
         self.kernels = kernels
         self.eval_budget = int(eval_budget)
@@ -516,6 +520,9 @@ class FastTrainer(BatchedTrainer):
             raise ConfigError(f"seed_block must be at least 1 (None: the platform's default), "
                               f"got {seed_block}")
         self.seed_block = None if seed_block is None else int(seed_block)
+        if int(unroll) < 1:
+            raise ConfigError(f"unroll must be at least 1, got {unroll}")
+        self.unroll = int(unroll)
         self._orders = jax.jit(self._epoch_orders, static_argnums=(2,))
         self._programs = {}
 
@@ -525,14 +532,15 @@ class FastTrainer(BatchedTrainer):
             return self.seed_block
         return self.kernels.seed_block if cpu else None
 
-    def _program(self, fn, mesh, in_specs: str, block: int | None):
-        """`fn` with its members in blocks of `block`, jitted once (per mesh and block), with
-        `_compile_options()` (asked on first use, so that building a trainer does not start
-        JAX). With a mesh, under shard_map: members sharded ("m" in `in_specs`) or replicated
-        ("r"), each device running its own members."""
-        key = (fn.__name__, mesh, block)
+    def _program(self, fn, mesh, in_specs: str, **static):
+        """`fn` with the static arguments `static` (its members in blocks of `block`, ...),
+        jitted once per mesh and static values, with `_compile_options()` (asked on first use,
+        so that building a trainer does not start JAX). With a mesh, under shard_map: members
+        sharded ("m" in `in_specs`) or replicated ("r"), each device running its own
+        members."""
+        key = (fn.__name__, mesh, tuple(sorted(static.items())))
         if key not in self._programs:
-            fn = functools.partial(fn, block=block)
+            fn = functools.partial(fn, **static)
             if mesh is not None:
                 spec = jax.sharding.PartitionSpec(mesh.axis_names[0])
                 specs = tuple(spec if c == "m" else jax.sharding.PartitionSpec()
@@ -548,7 +556,8 @@ class FastTrainer(BatchedTrainer):
         mesh = _member_mesh(state)
         # Members sharded over devices (wsjax.sharding): each device trains its own members,
         # and every output stays sharded member by member.
-        fn = self._program(self._all_epoch, mesh, "mmrrm", self.block_size(_on_cpu(state)))
+        fn = self._program(self._all_epoch, mesh, "mmrrm", block=self.block_size(_on_cpu(state)),
+                           unroll=self.unroll)
         # The data orders are drawn by a program of their own: its host callback (see
         # `permutations`) must not run inside a program that spans several devices.
         keys = jnp.asarray(jax.device_get(state.shuffle_key))
@@ -574,8 +583,9 @@ class FastTrainer(BatchedTrainer):
         return jax.vmap(jax.value_and_grad(self.loss_fn))(out, y)
 
     def _all_epoch(self, state: MemberState, hp: HParams, x: Array, y: Array, orders: Array,
-                   block: int | None):
-        """One epoch of all members, the data taken in `orders` [S, N], in blocks of `block`.
+                   block: int | None, unroll: int):
+        """One epoch of all members, the data taken in `orders` [S, N], in blocks of `block`,
+        `unroll` steps per iteration of the step loop.
 
         Returns (state, (loss [S, 1], flat weights [S, 1, P], finite [S, 1])).
         """
@@ -589,11 +599,12 @@ class FastTrainer(BatchedTrainer):
                                       orders))
         feats = k.prepare(x)
         w, t, loss, flat, finite = jax.tree.map(merge, jax.lax.map(
-            lambda b: self._block_epoch(*b, feats, y), inputs))
+            lambda b: self._block_epoch(*b, feats, y, unroll), inputs))
         new_state = MemberState(k.to_params(w), replace_trace(k.to_params(t)), state.shuffle_key)
         return new_state, (loss[:, None], flat[:, None], finite[:, None])
 
-    def _block_epoch(self, w, t, hp: HParams, orders: Array, feats: Array, y: Array):
+    def _block_epoch(self, w, t, hp: HParams, orders: Array, feats: Array, y: Array,
+                     unroll: int = 1):
         """One epoch of one block of s members on the training set's features [N, ...]
         (`kernels.prepare`), in `orders` [s, N].
 
@@ -621,7 +632,8 @@ class FastTrainer(BatchedTrainer):
             return (tuple(new_w), tuple(new_t)), loss
 
         batches = orders[:, : steps * self.batch_size].reshape(members, steps, self.batch_size)
-        (w, t), losses = jax.lax.scan(step, (k.pack(w), k.pack(t)), batches.transpose(1, 0, 2))
+        (w, t), losses = jax.lax.scan(step, (k.pack(w), k.pack(t)), batches.transpose(1, 0, 2),
+                                      unroll=unroll)
         w, t = k.unpack(w), k.unpack(t)
         flat = jax.vmap(lambda p: ravel_pytree(p)[0])(k.to_params(w))
         finite = jnp.all(jnp.isfinite(losses), axis=0) & jnp.all(jnp.isfinite(flat), axis=1)
@@ -629,7 +641,8 @@ class FastTrainer(BatchedTrainer):
 
     def _eval_program(self, state: MemberState):
         mesh = _member_mesh(state)
-        return self._program(self._all_eval, mesh, "mrrr", self.block_size(_on_cpu(state)))
+        return self._program(self._all_eval, mesh, "mrrr",
+                             block=self.block_size(_on_cpu(state)))
 
     def _all_eval(self, params, x: Array, y: Array, n_valid: Array, block: int | None):
         """Accuracy [S] and mean per-example loss [S] over the first n_valid rows of x, y.
@@ -677,6 +690,9 @@ class FastTrainer(BatchedTrainer):
         return max(1, min(self.eval_batch_size, self.eval_budget // (block * per_example)))
 
 
+FAST_OPTIONS = ("eval_budget", "seed_block", "unroll")  # FastTrainer's speed-only arguments
+
+
 def make_fast_trainer(model, optimizer, loss_fn: Callable[[Array, Array], Array],
                       batch_size: int, **kwargs: Any) -> BatchedTrainer:
     """A FastTrainer where `model` and `optimizer` are supported, else the plain trainer.
@@ -685,5 +701,7 @@ def make_fast_trainer(model, optimizer, loss_fn: Callable[[Array, Array], Array]
     """
     kernels = fast_kernels(model)
     if kernels is None or optimizer is not sgd_with_weight_decay:
-        return BatchedTrainer(model, optimizer, loss_fn, batch_size, **kwargs)
+        # the fast trainer's speed options mean nothing to the plain one
+        plain = {k: v for k, v in kwargs.items() if k not in FAST_OPTIONS}
+        return BatchedTrainer(model, optimizer, loss_fn, batch_size, **plain)
     return FastTrainer(model, kernels, loss_fn, batch_size, **kwargs)

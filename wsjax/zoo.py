@@ -18,7 +18,7 @@ import numpy as np
 
 from wsjax.data import Dataset, load_dataset
 from wsjax.errors import ConfigError, RunDirError
-from wsjax.fast import make_fast_trainer
+from wsjax.fast import FAST_OPTIONS, make_fast_trainer
 from wsjax.models import get_arch
 from wsjax.store import atomic_save_npz, atomic_write_json, finish_run, load_zoo, read_json
 from wsjax.train import BatchedTrainer, HParams, diverged_epochs, get_loss, sgd_with_weight_decay
@@ -88,15 +88,23 @@ def member_keys(seeds: np.ndarray) -> np.ndarray:
     return np.stack([np.asarray(jax.random.key_data(jax.random.key(int(s)))) for s in seeds])
 
 
-def make_trainer(config: ZooConfig, fast: bool = True) -> BatchedTrainer:
+def make_trainer(config: ZooConfig, fast: bool = True, **options) -> BatchedTrainer:
     """The zoo's trainer: the hand-written all-member kernels of wsjax.fast where they support
     the configuration (same results to float32 rounding), else (or with fast=False) the plain
-    vmapped Flax trainer."""
+    vmapped Flax trainer.
+
+    `options`: the fast trainer's speed options (`wsjax.fast.FAST_OPTIONS`: seed_block,
+    unroll, eval_budget), ignored by the plain trainer.
+    """
+    unknown = sorted(set(options) - set(FAST_OPTIONS))
+    if unknown:
+        raise ConfigError(f"unknown trainer option(s) {', '.join(unknown)}; known: "
+                          f"{', '.join(FAST_OPTIONS)}")
     spec = get_arch(config.arch)
     r = config.resolved()
-    build = make_fast_trainer if fast else BatchedTrainer
-    return build(spec.make_module(use_bias=config.use_bias), sgd_with_weight_decay,
-                 get_loss(config.loss), r["batch_size"])
+    args = (spec.make_module(use_bias=config.use_bias), sgd_with_weight_decay,
+            get_loss(config.loss), r["batch_size"])
+    return make_fast_trainer(*args, **options) if fast else BatchedTrainer(*args)
 
 
 def dataset_fingerprint(ds: Dataset) -> str:
