@@ -8,10 +8,10 @@ same number of seeds with the paper's SGD settings (momentum 0.9, learning rate 
 decay of Table 1, summed MSE, batch 4 for the FFNN and 12 for the CNN) on the same random data,
 its repeats interleaved with the other trainers' repeats. Speed is model-steps per second
 (seeds x optimizer steps / second), the median over the repeats; the ratios are wsjax-fast
-over each peer. wsjax-fast runs on all cores: the process gives JAX one CPU device per core
-(`wsjax.sharding.use_cpu_cores`, as `python -m experiments.zoo` does) and shards the seeds over
-them; wsjax-fast-1 is the same trainer on one device, wsjax-plain the plain vmapped trainer on
-one device. The peers:
+over each peer. wsjax-fast runs on all local devices, the seeds sharded over them (on a CPU the
+process gives JAX one CPU device per core, `wsjax.sharding.use_cpu_cores`, as
+`python -m experiments.zoo` does); wsjax-fast-1 is the same trainer on one device (left out
+where there is only one), wsjax-plain the plain vmapped trainer on one device. The peers:
 
 - PyTorch, one seed after another: a `torch.nn` model and `torch.optim.SGD` per seed, the way
   zoos are usually trained;
@@ -49,9 +49,24 @@ def random_data(arch: str, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarra
     return x, rng.integers(0, 10, n).astype(np.int32)
 
 
+def check_n_train(archs: list[str], n_train: int) -> None:
+    """ConfigError (a one-line message) where `n_train` is less than one batch of an arch."""
+    from wsjax.errors import ConfigError
+    from wsjax.models import get_arch
+
+    for arch in archs:
+        batch = get_arch(arch).batch_size
+        if n_train < batch:
+            raise ConfigError(f"--n-train {n_train} is less than one {arch} batch ({batch}); "
+                              f"give at least {batch}")
+
+
 def wsjax_runner(arch: str, seeds: int, steps: int, fast: bool,
-                 devices: int = 1) -> Callable[[], float]:
+                 devices: int = 1, **options) -> Callable[[], float]:
     """A function that trains `seeds` members for `steps` optimizer steps and returns seconds.
+
+    `options`: the fast trainer's speed options (`wsjax.zoo.make_trainer`); None values are
+    left out (the trainer's default).
 
     devices > 1: the members sharded over that many local devices (wsjax.sharding), padded to
     a multiple of it with copies as `run_zoo` does; only the `seeds` members are counted.
@@ -64,7 +79,8 @@ def wsjax_runner(arch: str, seeds: int, steps: int, fast: bool,
 
     members = -(-seeds // devices) * devices
     config = ZooConfig(arch=arch, seeds=members, dataset="digits")
-    trainer = make_trainer(config, fast=fast)
+    trainer = make_trainer(config, fast=fast,
+                           **{k: v for k, v in options.items() if v is not None})
     x, y = random_data(arch, steps * trainer.batch_size)
     x, y = jnp.asarray(x), jnp.asarray(y)
     hp = trainer.broadcast_hparams(config.hparams(), members)
@@ -274,7 +290,7 @@ def _in_fresh_process(args: list[str]) -> dict:
 
 
 def format_table(rows: list[dict], memory: list[dict], torch_threads: int = 1) -> str:
-    head = ("| arch | seeds | wsjax fast, all cores | wsjax fast, 1 device | wsjax plain (vmap) "
+    head = ("| arch | seeds | wsjax fast, all devices | wsjax fast, 1 device | wsjax plain (vmap) "
             "| PyTorch one seed after another | PyTorch torch.func ensemble | fast / plain "
             "| fast / loop | fast / torch.func |")
     lines = [head, "|" + " --- |" * 10]
@@ -295,7 +311,7 @@ def format_table(rows: list[dict], memory: list[dict], torch_threads: int = 1) -
     where = ("CPU device(s), one per core (wsjax.sharding.use_cpu_cores)" if backend == "cpu"
              else f"{backend.upper()} device(s)")
     notes = ["", "model-steps/s (seeds x optimizer steps / s), medians; ratios from the same "
-             "process. wsjax fast, all cores: the seeds sharded over "
+             "process. wsjax fast, all devices: the seeds sharded over "
              f"{rows[0].get('devices', 1) if rows else 1} {where}."]
     for r in rows:
         for name, why in r["skipped"].items():

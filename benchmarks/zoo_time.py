@@ -23,11 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from train_table import random_data  # this folder: the benchmarks' shared random data
+from train_table import check_n_train, random_data  # this folder: the benchmarks' shared parts
 
 from wsjax.cli import ArgumentParser, run_cli
 from wsjax.errors import ConfigError
-from wsjax.models import get_arch
 
 PAPER_EPOCHS = 50
 
@@ -81,11 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if min(args.seeds, args.epochs, args.n_test) < 1:
         raise ConfigError("--seeds, --epochs and --n-test must be at least 1")
-    for arch in args.arch:
-        batch = get_arch(arch).batch_size
-        if args.n_train < batch:
-            raise ConfigError(f"--n-train {args.n_train} is less than one {arch} batch "
-                              f"({batch}); give at least {batch}")
+    check_n_train(args.arch, args.n_train)
     from wsjax.sharding import use_cpu_cores
 
     use_cpu_cores()

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The GPU figures of README "Training speed", on a machine where JAX (and PyTorch, for the
+# peers) see a GPU. Every stage writes its log (and JSON) into OUT_DIR and is cut off at its
+# time limit, so that one stage's trouble does not cost the others.
+#
+#   bash benchmarks/gpu_run.sh OUT_DIR [tests] [variants] [zoo] [table]   (default: all four)
+#
+#   tests     tests/test_fast.py on the GPU, the plain trainer's matrix products at full
+#             float32 precision (the fast kernels ask for it themselves)
+#   variants  benchmarks/epoch_variants.py: one epoch per --unroll setting (UNROLLS)
+#   zoo       benchmarks/zoo_time.py: the paper-size zoos, FFNN then CNN
+#   table     benchmarks/train_table.py: against PyTorch's loop and torch.func on the GPU
+#
+# Limits in seconds: T_TESTS, T_VARIANTS, T_ZOO (each zoo), T_TABLE; PYTHON (python3).
+set -u
+out=${1:?usage: bash benchmarks/gpu_run.sh OUT_DIR [tests] [variants] [zoo] [table]}
+shift
+stages=${*:-tests variants zoo table}
+mkdir -p "$out"
+py=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+step() { echo "== $(date -u +%H:%M:%S) $*"; }
+run() {  # run LIMIT LOG COMMAND...: the command's output to the screen and LOG
+  local limit=$1 log=$2
+  shift 2
+  timeout -k 5 "$limit" "$@" 2>&1 | tee "$log"
+  local rc=${PIPESTATUS[0]}
+  [ "$rc" = 0 ] || echo "!! exit $rc (124: over its ${limit} s limit): $*"
+}
+
+step "devices"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv 2>&1
+"$py" -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, \
+'optax', optax.__version__, jax.devices())"
+
+for stage in $stages; do
+  case $stage in
+    tests)
+      step "tests"
+      JAX_DEFAULT_MATMUL_PRECISION=highest run "${T_TESTS:-300}" "$out/tests.log" \
+        "$py" -m pytest -q -p no:cacheprovider tests/test_fast.py
+      ;;
+    variants)
+      step "variants"
+      run "${T_VARIANTS:-150}" "$out/variants.log" "$py" benchmarks/epoch_variants.py \
+        --unroll ${UNROLLS:-1 4 16} --json "$out/variants.json"
+      ;;
+    zoo)
+      for arch in ffnn cnn; do
+        step "zoo $arch"
+        run "${T_ZOO:-150}" "$out/zoo_$arch.log" "$py" benchmarks/zoo_time.py --arch "$arch"
+      done
+      ;;
+    table)
+      step "table"
+      run "${T_TABLE:-200}" "$out/table.log" "$py" benchmarks/train_table.py --repeats 3 \
+        --memory-train 0
+      ;;
+    *) echo "unknown stage $stage (tests, variants, zoo, table)"; exit 2 ;;
+  esac
+done
+step "done"
