@@ -65,8 +65,7 @@ def wsjax_runner(arch: str, seeds: int, steps: int, fast: bool,
                  devices: int = 1, **options) -> Callable[[], float]:
     """A function that trains `seeds` members for `steps` optimizer steps and returns seconds.
 
-    `options`: the fast trainer's speed options (`wsjax.zoo.make_trainer`); None values are
-    left out (the trainer's default).
+    `options`: the fast trainer's speed options (`wsjax.zoo.make_trainer`; None: its default).
 
     devices > 1: the members sharded over that many local devices (wsjax.sharding), padded to
     a multiple of it with copies as `run_zoo` does; only the `seeds` members are counted.
@@ -79,8 +78,7 @@ def wsjax_runner(arch: str, seeds: int, steps: int, fast: bool,
 
     members = -(-seeds // devices) * devices
     config = ZooConfig(arch=arch, seeds=members, dataset="digits")
-    trainer = make_trainer(config, fast=fast,
-                           **{k: v for k, v in options.items() if v is not None})
+    trainer = make_trainer(config, fast=fast, **options)
     x, y = random_data(arch, steps * trainer.batch_size)
     x, y = jnp.asarray(x), jnp.asarray(y)
     hp = trainer.broadcast_hparams(config.hparams(), members)

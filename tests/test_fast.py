@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -214,6 +216,15 @@ def test_speed_options_must_be_positive_and_known():
                                   spec.batch_size, **{option: bad})
     with pytest.raises(ConfigError, match="unknown trainer option.*unrol"):
         make_trainer(ZooConfig(arch="ffnn", dataset="digits"), unrol=4)
+    # checked on the plain path too; None means the default
+    for config in (ZooConfig(arch="ffnn", dataset="digits"),
+                   ZooConfig(arch="ffnn", dataset="digits", use_bias=True)):
+        for bad in (0, 2.5, "4", True):
+            with pytest.raises(ConfigError, match="unroll must be a positive integer"):
+                make_trainer(config, unroll=bad)
+    trainer = make_trainer(ZooConfig(arch="ffnn", dataset="digits"), unroll=None,
+                           seed_block=None, eval_budget=None)
+    assert (trainer.unroll, trainer.seed_block, trainer.eval_budget) == (1, None, 250_000)
 
 
 @pytest.mark.parametrize("name,n_train", [("ffnn", 40), ("cnn", 60)])
@@ -230,6 +241,26 @@ def test_unrolled_step_loop_changes_speed_not_results(digits, name, n_train):
     got = unrolled.train_epochs(state, hp, x, y, 1, 2)
     assert {dict(k[2])["unroll"] for k in unrolled._programs if k[0] == "_all_epoch"} == {3}
     assert {dict(k[2])["unroll"] for k in once._programs if k[0] == "_all_epoch"} == {1}
+
+    from jax.extend.core import jaxprs_in_params
+
+    def scan_unrolls(trainer):
+        """The unroll of every scan in the traced epoch program."""
+        fn = functools.partial(trainer._all_epoch, block=2, unroll=trainer.unroll)
+        orders = jnp.zeros((3, x.shape[0]), jnp.int32)
+        found = []
+
+        def walk(jaxpr):
+            for eqn in jaxpr.eqns:
+                if eqn.primitive.name == "scan":
+                    found.append(eqn.params["unroll"])
+                for sub in jaxprs_in_params(eqn.params):
+                    walk(sub)
+
+        walk(jax.make_jaxpr(fn)(state, hp, x, y, orders).jaxpr)
+        return found
+
+    assert 3 in scan_unrolls(unrolled) and 3 not in scan_unrolls(once)
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), **TOL)
 

@@ -505,7 +505,7 @@ class FastTrainer(BatchedTrainer):
             accelerator all members in one block, since it runs a block's members in
             parallel and the blocks one after another.
         unroll: optimizer steps per iteration of the compiled step loop (speed, not
-            results). Default 1: more was slower on a 2-core CPU and on an H200 GPU
+            results). Default 1: 4 was slower on a 2-core CPU, 4 and 16 on an H200 GPU
             (benchmarks/epoch_variants.py; README, Training speed).
     """
 

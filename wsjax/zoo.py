@@ -94,12 +94,18 @@ def make_trainer(config: ZooConfig, fast: bool = True, **options) -> BatchedTrai
     vmapped Flax trainer.
 
     `options`: the fast trainer's speed options (`wsjax.fast.FAST_OPTIONS`: seed_block,
-    unroll, eval_budget), ignored by the plain trainer.
+    unroll, eval_budget), positive integers, None for the default; ignored by the plain
+    trainer, but checked either way.
     """
     unknown = sorted(set(options) - set(FAST_OPTIONS))
     if unknown:
         raise ConfigError(f"unknown trainer option(s) {', '.join(unknown)}; known: "
                           f"{', '.join(FAST_OPTIONS)}")
+    options = {k: v for k, v in options.items() if v is not None}
+    for name, value in options.items():
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise ConfigError(f"trainer option {name} must be a positive integer (or None for "
+                              f"the default), got {value!r}")
     spec = get_arch(config.arch)
     r = config.resolved()
     args = (spec.make_module(use_bias=config.use_bias), sgd_with_weight_decay,
