@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     if min(a.seeds, a.repeats, *(a.unroll or [1]), *(a.seed_block or [1])) < 1:
         raise ConfigError("--seeds, --repeats, --unroll and --seed-block must be at least 1")
     check_n_train(a.arch, a.n_train)
+    if a.json and not a.json.absolute().parent.is_dir():
+        raise ConfigError(f"--json {a.json}: its folder does not exist; create it or give "
+                          f"another path")
     from wsjax.sharding import use_cpu_cores
 
     use_cpu_cores()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU figures of README "Training speed", on a machine where JAX (and PyTorch, for the
 # peers) see a GPU. Every stage writes its log (and JSON) into OUT_DIR and is cut off at its
-# time limit, so that one stage's trouble does not cost the others.
+# time limit, so that one stage's trouble does not cost the others; the exit status is 1 if
+# any stage failed or ran out of time.
 #
 #   bash benchmarks/gpu_run.sh OUT_DIR [tests] [variants] [zoo] [table]   (default: all four)
 #
@@ -13,19 +14,36 @@
 #
 # Limits in seconds: T_TESTS, T_VARIANTS, T_ZOO (each zoo), T_TABLE; PYTHON (python3).
 set -u
-out=${1:?usage: bash benchmarks/gpu_run.sh OUT_DIR [tests] [variants] [zoo] [table]}
+usage="usage: bash benchmarks/gpu_run.sh OUT_DIR [tests] [variants] [zoo] [table]"
+[ $# -ge 1 ] || { echo "$usage" >&2; exit 2; }
+out=$1
 shift
+case $out in
+  tests|variants|zoo|table) echo "error: OUT_DIR is missing ('$out' is a stage); $usage" >&2
+                            exit 2 ;;
+esac
 stages=${*:-tests variants zoo table}
-mkdir -p "$out"
+for stage in $stages; do
+  case $stage in
+    tests|variants|zoo|table) ;;
+    *) echo "error: unknown stage '$stage' (tests, variants, zoo, table)" >&2; exit 2 ;;
+  esac
+done
+mkdir -p "$out" && out=$(cd "$out" && pwd) || exit 2
+cd "$(dirname "$0")/.." || exit 2  # the repository root: tests/ and benchmarks/ below it
 py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+status=0
 step() { echo "== $(date -u +%H:%M:%S) $*"; }
 run() {  # run LIMIT LOG COMMAND...: the command's output to the screen and LOG
   local limit=$1 log=$2
   shift 2
   timeout -k 5 "$limit" "$@" 2>&1 | tee "$log"
   local rc=${PIPESTATUS[0]}
-  [ "$rc" = 0 ] || echo "!! exit $rc (124: over its ${limit} s limit): $*"
+  if [ "$rc" != 0 ]; then
+    echo "!! exit $rc (124 or 137: over its ${limit} s limit): $*" | tee -a "$log"
+    status=1
+  fi
 }
 
 step "devices"
@@ -56,7 +74,7 @@ for stage in $stages; do
       run "${T_TABLE:-200}" "$out/table.log" "$py" benchmarks/train_table.py --repeats 3 \
         --memory-train 0
       ;;
-    *) echo "unknown stage $stage (tests, variants, zoo, table)"; exit 2 ;;
   esac
 done
 step "done"
+exit $status
