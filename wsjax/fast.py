@@ -516,13 +516,9 @@ class FastTrainer(BatchedTrainer):
         super().__init__(model, sgd_with_weight_decay, loss_fn, batch_size, eval_batch_size)
         self.kernels = kernels
         self.eval_budget = int(eval_budget)
-        if seed_block is not None and int(seed_block) < 1:
-            raise ConfigError(f"seed_block must be at least 1 (None: the platform's default), "
-                              f"got {seed_block}")
-        self.seed_block = None if seed_block is None else int(seed_block)
-        if int(unroll) < 1:
-            raise ConfigError(f"unroll must be at least 1, got {unroll}")
-        self.unroll = int(unroll)
+        checked = speed_options(seed_block=seed_block, unroll=unroll)
+        self.seed_block = checked.get("seed_block")
+        self.unroll = checked.get("unroll", 1)
         self._orders = jax.jit(self._epoch_orders, static_argnums=(2,))
         self._programs = {}
 
@@ -691,6 +687,21 @@ class FastTrainer(BatchedTrainer):
 
 
 FAST_OPTIONS = ("eval_budget", "seed_block", "unroll")  # FastTrainer's speed-only arguments
+
+
+def speed_options(**options) -> dict[str, int]:
+    """The fast trainer's speed options (`FAST_OPTIONS`) with the None ones (the default) left
+    out; ConfigError for an unknown name or a value that is not a positive integer."""
+    unknown = sorted(set(options) - set(FAST_OPTIONS))
+    if unknown:
+        raise ConfigError(f"unknown trainer option(s) {', '.join(unknown)}; known: "
+                          f"{', '.join(FAST_OPTIONS)}")
+    options = {k: v for k, v in options.items() if v is not None}
+    for name, value in options.items():
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise ConfigError(f"trainer option {name} must be a positive integer (or None for "
+                              f"the default), got {value!r}")
+    return {k: int(v) for k, v in options.items()}
 
 
 def make_fast_trainer(model, optimizer, loss_fn: Callable[[Array, Array], Array],

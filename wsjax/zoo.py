@@ -18,7 +18,7 @@ import numpy as np
 
 from wsjax.data import Dataset, load_dataset
 from wsjax.errors import ConfigError, RunDirError
-from wsjax.fast import FAST_OPTIONS, make_fast_trainer
+from wsjax.fast import make_fast_trainer, speed_options
 from wsjax.models import get_arch
 from wsjax.store import atomic_save_npz, atomic_write_json, finish_run, load_zoo, read_json
 from wsjax.train import BatchedTrainer, HParams, diverged_epochs, get_loss, sgd_with_weight_decay
@@ -97,15 +97,7 @@ def make_trainer(config: ZooConfig, fast: bool = True, **options) -> BatchedTrai
     unroll, eval_budget), positive integers, None for the default; ignored by the plain
     trainer, but checked either way.
     """
-    unknown = sorted(set(options) - set(FAST_OPTIONS))
-    if unknown:
-        raise ConfigError(f"unknown trainer option(s) {', '.join(unknown)}; known: "
-                          f"{', '.join(FAST_OPTIONS)}")
-    options = {k: v for k, v in options.items() if v is not None}
-    for name, value in options.items():
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-            raise ConfigError(f"trainer option {name} must be a positive integer (or None for "
-                              f"the default), got {value!r}")
+    options = speed_options(**options)
     spec = get_arch(config.arch)
     r = config.resolved()
     args = (spec.make_module(use_bias=config.use_bias), sgd_with_weight_decay,
