@@ -15,14 +15,13 @@ is the wall time of the run that compiled it. The results do not depend on these
 
 from __future__ import annotations
 
-import datetime
 import itertools
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from train_table import check_n_train, wsjax_runner  # this folder
+from train_table import check_n_train, run_stamp, wsjax_runner  # this folder
 
 from wsjax.cli import ArgumentParser, run_cli
 from wsjax.errors import ConfigError
@@ -54,9 +53,10 @@ def measure(arch: str, seeds: int, n_train: int, repeats: int, unrolls, blocks) 
             times[v].append(run())
     rows = []
     for (unroll, block), ts in times.items():
+        epoch = float(np.median(ts))
         rows.append({"arch": arch, "unroll": unroll, "seed_block": block, "seeds": seeds,
-                     "n_train": n_train, "epoch_s": float(np.median(ts)),
-                     "model_steps_per_s": seeds * steps / float(np.median(ts)),
+                     "n_train": n_train, "epoch_s": epoch,
+                     "model_steps_per_s": seeds * steps / epoch,
                      "first_epoch_s": first[unroll, block]})
     return rows
 
@@ -87,15 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     from wsjax.sharding import use_cpu_cores
 
     use_cpu_cores()
-    import jax
 
     rows = []
     for arch in a.arch:
         rows += measure(arch, a.seeds, a.n_train, a.repeats, _default(a.unroll),
                         _default(a.seed_block))
-    devices = jax.local_devices()
-    where = f"{len(devices)} x {devices[0].device_kind}"
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = run_stamp()
     print("| arch | unroll | seed block | model-steps/s | vs first | epoch | first epoch |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     best = {}
@@ -109,10 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         top = max(mine, key=lambda r: r["model_steps_per_s"])
         best[arch] = {"unroll": top["unroll"], "seed_block": top["seed_block"]}
     print(f"{a.seeds} seeds, {a.n_train:,} random examples per epoch, medians of {a.repeats}; "
-          f"{where}, JAX {jax.__version__}, {date}")
+          f"{stamp['devices']}, JAX {stamp['jax']}, {stamp['date']}")
     if a.json:
-        atomic_write_json(a.json, {"rows": rows, "best": best, "devices": where,
-                                   "jax": jax.__version__, "date": date})
+        atomic_write_json(a.json, {"rows": rows, "best": best, **stamp})
     return 0
 
 

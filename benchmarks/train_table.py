@@ -49,6 +49,19 @@ def random_data(arch: str, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarra
     return x, rng.integers(0, 10, n).astype(np.int32)
 
 
+def run_stamp() -> dict:
+    """Where and when a measurement ran: local devices ("2 x cpu"), JAX backend and version,
+    UTC date to the minute."""
+    import datetime
+
+    import jax
+
+    devices = jax.local_devices()
+    return {"devices": f"{len(devices)} x {devices[0].device_kind}",
+            "backend": jax.default_backend(), "jax": jax.__version__,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
 def check_n_train(archs: list[str], n_train: int) -> None:
     """ConfigError (a one-line message) where `n_train` is less than one batch of an arch."""
     from wsjax.errors import ConfigError

@@ -16,14 +16,17 @@ epochs an upper bound).
 
 from __future__ import annotations
 
-import datetime
 import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from train_table import check_n_train, random_data  # this folder: the benchmarks' shared parts
+from train_table import (  # this folder: the benchmarks' shared parts
+    check_n_train,
+    random_data,
+    run_stamp,
+)
 
 from wsjax.cli import ArgumentParser, run_cli
 from wsjax.errors import ConfigError
@@ -59,10 +62,7 @@ def time_zoo(arch: str, seeds: int, epochs: int, n_train: int, n_test: int) -> d
     return {"arch": arch, "seeds": seeds, "epochs": epochs, "n_train": n_train,
             "n_test": n_test, "wall_s": round(wall, 2),
             "model_steps_per_s": round(seeds * steps * epochs / wall),
-            "paper_zoo_s": round(wall * PAPER_EPOCHS / epochs, 1),
-            "devices": f"{len(devices)} x {devices[0].device_kind}",
-            "backend": jax.default_backend(), "jax": jax.__version__,
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+            "paper_zoo_s": round(wall * PAPER_EPOCHS / epochs, 1), **run_stamp()}
 
 
 def build_parser() -> ArgumentParser:
