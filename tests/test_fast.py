@@ -209,7 +209,7 @@ def test_speed_options_must_be_positive_and_known():
     from wsjax.errors import ConfigError
 
     spec = ARCHS["ffnn"]
-    for option in ("seed_block", "unroll"):
+    for option in ("seed_block", "unroll", "eval_budget"):
         for bad in (0, -3):
             with pytest.raises(ConfigError, match=option):
                 make_fast_trainer(spec.make_module(), sgd_with_weight_decay, mse_sum,

@@ -515,8 +515,8 @@ class FastTrainer(BatchedTrainer):
                  unroll: int = 1):
         super().__init__(model, sgd_with_weight_decay, loss_fn, batch_size, eval_batch_size)
         self.kernels = kernels
-        self.eval_budget = int(eval_budget)
-        checked = speed_options(seed_block=seed_block, unroll=unroll)
+        checked = speed_options(seed_block=seed_block, unroll=unroll, eval_budget=eval_budget)
+        self.eval_budget = checked.get("eval_budget", 250_000)
         self.seed_block = checked.get("seed_block")
         self.unroll = checked.get("unroll", 1)
         self._orders = jax.jit(self._epoch_orders, static_argnums=(2,))
