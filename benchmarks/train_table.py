@@ -107,6 +107,8 @@ def wsjax_runner(arch: str, seeds: int, steps: int, fast: bool,
         t0 = time.perf_counter()
         state, loss, _, _ = trainer.train_epochs(state, hp, x, y, epoch[0], 1)
         jax.block_until_ready((state, loss))
+        if hasattr(trainer, "block_until_ready"):
+            trainer.block_until_ready()  # the next epoch's orders, drawn ahead: timed here
         epoch[0] += 1
         return time.perf_counter() - t0
 

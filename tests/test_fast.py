@@ -65,6 +65,41 @@ def test_fast_epochs_equal_plain_trainer(digits, name, n_train, loss):
     assert not np.allclose(want[2][:, -1], plain.flat_params(state))
 
 
+def test_next_epochs_orders_drawn_ahead_are_the_ones_it_would_draw(digits, monkeypatch):
+    """Each call draws the next epoch's orders ahead; the next call takes them instead of
+    drawing its own, and trains as a fresh trainer (and the plain one) does."""
+    import wsjax.fast as fast
+
+    x, y, _, _ = shaped(small(digits, 40), "ffnn")
+    plain, trainer = both("ffnn")
+    hp = plain.broadcast_hparams(hparams("ffnn"), 3)
+    state = plain.init(jax.random.split(jax.random.key(8), 3), hp, x)
+    first = trainer.train_epochs(state, hp, x, y, 1, 1)
+    ((tag, epoch), ahead), = trainer._prefetched.items()
+    assert epoch == 2
+    want = fast.permutations(jax.vmap(fast.epoch_key, in_axes=(0, None))(state.shuffle_key, 2),
+                             40)
+    np.testing.assert_array_equal(np.asarray(ahead), np.asarray(want))
+    assert not np.array_equal(np.asarray(ahead)[0], np.arange(40))  # shuffled
+    drawn = []
+    real = trainer._orders_on
+    monkeypatch.setattr(trainer, "_orders_on", lambda *a: drawn.append(a[1]) or real(*a))
+    second = trainer.train_epochs(first[0], hp, x, y, 2, 1)
+    assert drawn == [3]  # epoch 2's orders were not drawn again, epoch 3's were drawn ahead
+    assert list(trainer._prefetched) == [(tag, 3)]
+    fresh = both("ffnn")[1].train_epochs(first[0], hp, x, y, 2, 1)
+    want = plain.train_epochs(state, hp, x, y, 1, 2)
+    for g, f in zip(jax.tree.leaves(second), jax.tree.leaves(fresh), strict=True):
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(f))
+    np.testing.assert_allclose(np.asarray(second[2][:, 0]), np.asarray(want[2][:, 1]), **TOL)
+    # other members' keys (chunks of a zoo run) each keep their own; at most max_prefetched
+    for seed in range(6):
+        other = plain.init(jax.random.split(jax.random.key(100 + seed), 3), hp, x)
+        trainer.train_epochs(other, hp, x, y, 1, 1)
+    assert len(trainer._prefetched) == trainer.max_prefetched
+    trainer.block_until_ready()
+
+
 @pytest.mark.parametrize("name,n_train", [("ffnn", 40), ("cnn", 60)])
 def test_fast_zoo_equals_per_seed_loop(digits, name, n_train):
     ds = small(digits, n_train, n_test=50)
@@ -315,12 +350,13 @@ def test_cpu_compile_options_change_speed_not_results(digits, monkeypatch):
         pytest.skip("the CPU compile options apply only where JAX's default backend is the CPU")
     x, y, xt, yt = shaped(small(digits, 40, n_test=30), "ffnn")
     assert fast._compile_options() == fast._CPU_OPTIONS
+    assert fast._compile_options(True) == {**fast._CPU_OPTIONS, **fast._SHARDED_CPU_OPTIONS}
     _, trainer = both("ffnn")
     hp = trainer.broadcast_hparams(hparams("ffnn"), 3)
     state = trainer.init(jax.random.split(jax.random.key(5), 3), hp, x)
     runs = (lambda t: t.train_epochs(state, hp, x, y, 1, 1), lambda t: t.evaluate(state, xt, yt))
     with_options = [run(trainer) for run in runs]
-    monkeypatch.setattr(fast, "_compile_options", lambda: None)
+    monkeypatch.setattr(fast, "_compile_options", lambda sharded=False: None)
     _, trainer = both("ffnn")
     for run, want in zip(runs, with_options, strict=True):
         for g, w in zip(jax.tree.leaves(run(trainer)), jax.tree.leaves(want), strict=True):
