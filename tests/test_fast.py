@@ -184,6 +184,20 @@ def test_host_permutations_equal_jax_permutation(n):
         assert any(len(np.unique(row)) < n for row in np.asarray(sub))
 
 
+def test_host_sort_orders_extreme_and_equal_keys_stably():
+    """`_shuffle_rows` against NumPy's stable argsort, round after round, on keys at both ends
+    and both sides of the top bit, with ties."""
+    from wsjax.fast import _shuffle_rows
+
+    top = 2**31
+    keys = np.array([[[2**32 - 1, 0, top, top - 1, top, 0, 7, 2**32 - 1, top + 1]],
+                     [[5, 5, 2**32 - 1, 0, top - 1, top, top, 5, 0]]], np.uint32)
+    perm = np.arange(keys.shape[2])
+    for r in range(keys.shape[0]):
+        perm = perm[np.argsort(keys[r, 0], kind="stable")]
+    np.testing.assert_array_equal(_shuffle_rows(keys)[0], perm)
+
+
 def test_dense_per_example_and_single_product_agree(monkeypatch):
     """`_dense`'s CPU form (a product per example) and its form elsewhere (one product), on
     whatever platform the tests run."""

@@ -319,10 +319,12 @@ def _shuffle_rows(sort_keys: np.ndarray) -> np.ndarray:
     """uint32 sort keys [rounds, S, n] -> the permutations [S, n] that the rounds give: each
     round a stable sort of the current order by that round's keys.
 
-    A key and its position packed into one unique uint64 make an unstable sort give the stable
-    order (NumPy's SIMD sort of uint64 is several times faster than a stable sort of uint32).
-    One row at a time, so that its [n] arrays stay in cache: 2.8x faster than whole-array
-    passes for 250 rows of 60,000.
+    A key and its position packed into one unique 64-bit word make an unstable sort give the
+    stable order (NumPy's SIMD sort of 64-bit words is several times faster than a stable sort
+    of uint32). The key's top bit is flipped and the word sorted as a signed integer, which
+    keeps the order: NumPy sorts int64 faster than uint64 (a row of 4,000: 1.6x; the whole
+    shuffle of 250 rows 1.3x at 4,000 and 1.15x at 60,000). One row at a time, so that its [n]
+    arrays stay in cache: 2.8x faster than whole-array passes for 250 rows of 60,000.
     """
     rounds, members, n = sort_keys.shape
     if rounds == 0:
@@ -330,13 +332,16 @@ def _shuffle_rows(sort_keys: np.ndarray) -> np.ndarray:
     out = np.empty((members, n), np.int32)
     position = np.arange(n, dtype=np.uint64)
     packed = np.empty(n, np.uint64)
+    signed = packed.view(np.int64)
+    flipped = np.empty(n, np.uint32)
     low = packed.view(np.uint32)[0::2] if np.little_endian else packed.view(np.uint32)[1::2]
     for s in range(members):
         perm = None
         for r in range(rounds):
-            np.left_shift(sort_keys[r, s], 32, out=packed, dtype=np.uint64)
+            np.bitwise_xor(sort_keys[r, s], np.uint32(1 << 31), out=flipped)
+            np.left_shift(flipped, 32, out=packed, dtype=np.uint64)
             packed |= position
-            packed.sort()
+            signed.sort()
             perm = low.astype(np.int32) if perm is None else perm[low]
         out[s] = perm
     return out
