@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -98,6 +100,34 @@ def test_next_epochs_orders_drawn_ahead_are_the_ones_it_would_draw(digits, monke
         trainer.train_epochs(other, hp, x, y, 1, 1)
     assert len(trainer._prefetched) == trainer.max_prefetched
     trainer.block_until_ready()
+
+
+def test_process_exits_cleanly_while_orders_are_drawn_ahead():
+    """A process that exits right after an epoch, the next epoch's orders still being drawn,
+    exits with 0 (without the exit hook that waits for them it aborted in XLA's teardown: on
+    this case 3 runs of 3)."""
+    code = """if True:
+        from wsjax.sharding import use_cpu_cores
+        use_cpu_cores(2)  # as the zoo command does
+        import jax, jax.numpy as jnp, numpy as np
+        import wsjax.fast as fast
+        from wsjax.models import ARCHS
+        from wsjax.train import mse_sum, sgd_with_weight_decay, HParams
+        spec = ARCHS["ffnn"]
+        trainer = fast.make_fast_trainer(spec.make_module(), sgd_with_weight_decay, mse_sum, 4)
+        rng = np.random.default_rng(0)
+        x = jnp.asarray(rng.random((4000, 196), dtype=np.float32))
+        y = jnp.asarray(rng.integers(0, 10, 4000).astype(np.int32))
+        hp = trainer.broadcast_hparams(HParams(0.03, 0.9, 3e-4), 64)
+        state = trainer.init(jax.random.split(jax.random.key(0), 64), hp, x)
+        jax.block_until_ready(trainer.train_epochs(state, hp, x, y, 1, 1))
+        print("trained")  # and exits, the next epoch's orders drawn ahead
+    """
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == "trained"
+    assert "terminate" not in res.stderr, res.stderr[-2000:]
 
 
 @pytest.mark.parametrize("name,n_train", [("ffnn", 40), ("cnn", 60)])

@@ -31,6 +31,8 @@ float32 rounding; tests/test_fast.py checks that against the plain trainer and a
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -356,8 +358,12 @@ def _host_shuffle(sort_keys: np.ndarray) -> np.ndarray:
         return _shuffle_rows(sort_keys)
     bounds = np.linspace(0, sort_keys.shape[1], workers + 1).astype(int)
     with ThreadPoolExecutor(workers) as pool:
-        parts = pool.map(lambda a, b: _shuffle_rows(sort_keys[:, a:b]), bounds[:-1], bounds[1:])
-        return np.concatenate(list(parts))
+        try:
+            parts = [pool.submit(_shuffle_rows, sort_keys[:, a:b])
+                     for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        except RuntimeError:  # no new threads once the interpreter exits (orders drawn ahead)
+            return _shuffle_rows(sort_keys)
+        return np.concatenate([p.result() for p in parts])
 
 
 def _rotate_left(v: Array, r: int) -> Array:
@@ -508,6 +514,23 @@ def _find_trace(opt_state):
     return leaves[i].trace, replace
 
 
+_IN_FLIGHT: list[Array] = []  # orders drawn ahead, not yet known to be ready
+
+
+def _drawing_ahead(orders: Array) -> None:
+    """Keeps `orders`, drawn ahead, until they are ready or the process exits."""
+    _IN_FLIGHT[:] = [a for a in _IN_FLIGHT if not a.is_ready()] + [orders]
+
+
+@atexit.register
+def _finish_drawing_ahead() -> None:
+    """At exit, waits for the orders still being drawn ahead (by trainers alive or not): a
+    process that exits while their host callback is pending crashes in XLA's teardown."""
+    with contextlib.suppress(Exception):  # the process is exiting anyway; nothing to save
+        jax.block_until_ready(_IN_FLIGHT)
+    _IN_FLIGHT.clear()
+
+
 class FastTrainer(BatchedTrainer):
     """`BatchedTrainer` for a model with `fast_kernels` and SGD with momentum and coupled decay.
 
@@ -591,7 +614,9 @@ class FastTrainer(BatchedTrainer):
             # The next epoch's orders are drawn while this one trains and, after the last,
             # while the caller evaluates and saves: on a CPU they had been a tenth of an FFNN
             # epoch, with the cores half idle (README, Training speed).
-            self._prefetched[(tag, e + 1)] = self._orders_on(keys, e + 1, x.shape[0], mesh)
+            ahead = self._orders_on(keys, e + 1, x.shape[0], mesh)
+            self._prefetched[(tag, e + 1)] = ahead
+            _drawing_ahead(ahead)
             while len(self._prefetched) > self.max_prefetched:
                 self._prefetched.pop(next(iter(self._prefetched)))
         loss, snaps, finite = (jnp.concatenate(o, axis=1) if len(outs) > 1 else o[0]
