@@ -77,7 +77,7 @@ def test_next_epochs_orders_drawn_ahead_are_the_ones_it_would_draw(digits, monke
     hp = plain.broadcast_hparams(hparams("ffnn"), 3)
     state = plain.init(jax.random.split(jax.random.key(8), 3), hp, x)
     first = trainer.train_epochs(state, hp, x, y, 1, 1)
-    ((tag, epoch), ahead), = trainer._prefetched.items()
+    (tag, (epoch, ahead)), = trainer._prefetched.items()
     assert epoch == 2
     want = fast.permutations(jax.vmap(fast.epoch_key, in_axes=(0, None))(state.shuffle_key, 2),
                              40)
@@ -88,17 +88,28 @@ def test_next_epochs_orders_drawn_ahead_are_the_ones_it_would_draw(digits, monke
     monkeypatch.setattr(trainer, "_orders_on", lambda *a: drawn.append(a[1]) or real(*a))
     second = trainer.train_epochs(first[0], hp, x, y, 2, 1)
     assert drawn == [3]  # epoch 2's orders were not drawn again, epoch 3's were drawn ahead
-    assert list(trainer._prefetched) == [(tag, 3)]
+    assert list(trainer._prefetched) == [tag] and trainer._prefetched[tag][0] == 3
     fresh = both("ffnn")[1].train_epochs(first[0], hp, x, y, 2, 1)
     want = plain.train_epochs(state, hp, x, y, 1, 2)
     for g, f in zip(jax.tree.leaves(second), jax.tree.leaves(fresh), strict=True):
         np.testing.assert_array_equal(np.asarray(g), np.asarray(f))
     np.testing.assert_allclose(np.asarray(second[2][:, 0]), np.asarray(want[2][:, 1]), **TOL)
-    # other members' keys (chunks of a zoo run) each keep their own; at most max_prefetched
+    # the run's last epoch draws nothing ahead, and takes the orders drawn for it
+    drawn.clear()
+    trainer.train_epochs(second[0], hp, x, y, 3, 1, last_epoch=3)
+    assert drawn == [] and trainer._prefetched == {}
+    # other members' keys (chunks of a zoo run) each keep their own next epoch; the oldest
+    # go once more than max_prefetched_entries order entries are kept
+    tags = []
     for seed in range(6):
         other = plain.init(jax.random.split(jax.random.key(100 + seed), 3), hp, x)
         trainer.train_epochs(other, hp, x, y, 1, 1)
-    assert len(trainer._prefetched) == trainer.max_prefetched
+        tags.append(next(reversed(trainer._prefetched)))
+    assert list(trainer._prefetched) == tags and len(set(tags)) == 6
+    assert [e for e, _ in trainer._prefetched.values()] == [2] * 6
+    trainer.max_prefetched_entries = 2 * 3 * 40
+    trainer.train_epochs(other, hp, x, y, 2, 1)  # the newest key set again, now at epoch 3
+    assert list(trainer._prefetched) == tags[4:] and trainer._prefetched[tags[5]][0] == 3
     trainer.block_until_ready()
 
 

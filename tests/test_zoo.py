@@ -95,6 +95,23 @@ def test_resume_in_process_is_bit_identical(tmp_path, ffnn_run):
     np.testing.assert_array_equal(a.train_loss, b.train_loss)
 
 
+def test_chunks_draw_each_epochs_orders_once(tmp_path, ffnn_run, monkeypatch):
+    """More chunks than a handful: each chunk's next epoch drawn ahead is kept until it is
+    taken, so every chunk draws each epoch's data orders once, none after the last."""
+    from wsjax.fast import FastTrainer
+
+    drawn = []
+    real = FastTrainer._orders_on
+    monkeypatch.setattr(FastTrainer, "_orders_on",
+                        lambda self, keys, e, *a: drawn.append(e) or real(self, keys, e, *a))
+    out = tmp_path / "chunked"
+    run_zoo(ZooConfig(arch="ffnn", chunk=1, **{**SMALL, "seeds": 6}), out, progress=False,
+            log=lambda *_: None)
+    assert sorted(drawn) == [1] * 6 + [2] * 6 + [3] * 6
+    a, b = load_zoo(out), load_zoo(ffnn_run)
+    np.testing.assert_array_equal(a.snapshots[:3], b.snapshots)
+
+
 def _zoo_cmd(out, epochs):
     return [sys.executable, "-m", "experiments.zoo", "--arch", "ffnn", "--dataset", "digits",
             "--seeds", "4", "--epochs", str(epochs), "--out", str(out), "--no-progress"]

@@ -551,7 +551,10 @@ class FastTrainer(BatchedTrainer):
             (benchmarks/epoch_variants.py; README, Training speed).
     """
 
-    max_prefetched = 4  # orders drawn ahead and kept (one per chunk of members of a zoo run)
+    # Orders drawn ahead are kept one epoch per key set (a chunk of members of a zoo run), at
+    # most this many order entries in all (1 GiB of int32): every chunk of a paper-size zoo
+    # (250 x 60,000) fits many times over, so none is evicted before its next epoch takes it.
+    max_prefetched_entries = 1 << 28
 
     def __init__(self, model, kernels, loss_fn: Callable[[Array, Array], Array],
                  batch_size: int, eval_batch_size: int = 1000,
@@ -565,7 +568,7 @@ class FastTrainer(BatchedTrainer):
         self.unroll = checked.get("unroll", 1)
         self._orders = jax.jit(self._epoch_orders, static_argnums=(2,))
         self._programs = {}
-        # next epochs' data orders drawn ahead, by (members' keys, rows, mesh) and epoch
+        # the next epoch's data orders drawn ahead: (members' keys, rows, mesh) -> (epoch, orders)
         self._prefetched: dict = {}
 
     def block_size(self, cpu: bool) -> int | None:
@@ -593,7 +596,7 @@ class FastTrainer(BatchedTrainer):
         return self._programs[key]
 
     def train_epochs(self, state: MemberState, hparams: HParams, x: Array, y: Array,
-                     first_epoch: int, n_epochs: int):
+                     first_epoch: int, n_epochs: int, last_epoch: int | None = None):
         self._check_one_batch(x)
         mesh = _member_mesh(state)
         # Members sharded over devices (wsjax.sharding): each device trains its own members,
@@ -606,28 +609,35 @@ class FastTrainer(BatchedTrainer):
         tag = (np.asarray(jax.random.key_data(keys)).tobytes(), x.shape[0], mesh)
         outs = []
         for e in range(first_epoch, first_epoch + n_epochs):
-            orders = self._prefetched.pop((tag, e), None)
-            if orders is None:
+            epoch, orders = self._prefetched.pop(tag, (None, None))
+            if epoch != e:
                 orders = self._orders_on(keys, e, x.shape[0], mesh)
             state, out = fn(state, hparams, x, y, orders)
             outs.append(out)
             # The next epoch's orders are drawn while this one trains and, after the last,
             # while the caller evaluates and saves: on a CPU they had been a tenth of an FFNN
             # epoch, with the cores half idle (README, Training speed).
-            ahead = self._orders_on(keys, e + 1, x.shape[0], mesh)
-            self._prefetched[(tag, e + 1)] = ahead
-            _drawing_ahead(ahead)
-            while len(self._prefetched) > self.max_prefetched:
-                self._prefetched.pop(next(iter(self._prefetched)))
+            if last_epoch is None or e < last_epoch:
+                self._draw_ahead(tag, e + 1, self._orders_on(keys, e + 1, x.shape[0], mesh))
         loss, snaps, finite = (jnp.concatenate(o, axis=1) if len(outs) > 1 else o[0]
                                for o in zip(*outs, strict=True))
         return state, loss, snaps, finite
+
+    def _draw_ahead(self, tag, epoch: int, orders: Array) -> None:
+        """Keeps `orders` of `epoch` for the key set `tag`, the oldest other key sets' dropped
+        once more than `max_prefetched_entries` order entries are kept."""
+        self._prefetched[tag] = (epoch, orders)
+        _drawing_ahead(orders)
+        kept = sum(o.size for _, o in self._prefetched.values())
+        while kept > self.max_prefetched_entries and len(self._prefetched) > 1:
+            _, dropped = self._prefetched.pop(next(iter(self._prefetched)))
+            kept -= dropped.size
 
     def block_until_ready(self) -> None:
         """Waits for the work this trainer started ahead: the next epoch's data orders. A
         benchmark that times one epoch per call calls it, so that each call pays for one
         epoch's orders, as an epoch of a long run does."""
-        jax.block_until_ready(list(self._prefetched.values()))
+        jax.block_until_ready([o for _, o in self._prefetched.values()])
 
     def _orders_on(self, keys: Array, epoch: int, n: int, mesh) -> Array:
         """`_epoch_orders` of `epoch` [S, n], sharded member by member over `mesh` (or None)."""

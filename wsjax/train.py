@@ -299,8 +299,12 @@ class BatchedTrainer:
         return self._flatten(state.params)
 
     def train_epochs(self, state: MemberState, hparams: HParams, x: Array, y: Array,
-                     first_epoch: int, n_epochs: int):
+                     first_epoch: int, n_epochs: int, last_epoch: int | None = None):
         """Runs epochs first_epoch .. first_epoch + n_epochs - 1 (1-based) for all members.
+
+        `last_epoch`, the run's last epoch where the caller knows it, tells a trainer that
+        prepares later epochs' work ahead (`wsjax.fast.FastTrainer`) where to stop; results
+        do not depend on it.
 
         Returns (state, train_loss [S, n], snapshots [S, n, P], finite [S, n]).
         """
@@ -367,7 +371,8 @@ class BatchedTrainer:
             accs, tlosses, trlosses, finites = [acc0[:, None]], [loss0[:, None]], [], []
             for e in range(1, epochs + 1):
                 t0 = time.perf_counter()
-                state, trl, sn, fin = self.train_epochs(state, hp_c, x_tr, y_tr, e, 1)
+                state, trl, sn, fin = self.train_epochs(state, hp_c, x_tr, y_tr, e, 1,
+                                                        last_epoch=epochs)
                 acc, tl = self.evaluate(state, x_te, y_te)
                 snaps.append(sn)
                 accs.append(acc[:, None])

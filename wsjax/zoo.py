@@ -245,7 +245,8 @@ def run_zoo(config: ZooConfig, out_dir: str | Path, dataset: Dataset | None = No
     for e in range(done + 1, E + 1):
         t0 = time.perf_counter()
         for c, (idx, _) in enumerate(chunks):
-            states[c], trl, sn, fin = trainer.train_epochs(states[c], hps[c], x_tr, y_tr, e, 1)
+            states[c], trl, sn, fin = trainer.train_epochs(states[c], hps[c], x_tr, y_tr, e, 1,
+                                                            last_epoch=E)
             acc, tl = trainer.evaluate(states[c], x_te, y_te)
             n = len(idx)
             snapshots[idx, e] = np.asarray(sn)[:n, 0]
