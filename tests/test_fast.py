@@ -433,6 +433,7 @@ def test_accelerator_layout_runs_all_members_as_one_block(digits, name, monkeypa
     hp = plain.broadcast_hparams(hparams(name), members)
     state = plain.init(jax.random.split(jax.random.key(7), members), hp, x)
     assert trainer.block_size(cpu=True) == trainer.kernels.seed_block
+    assert trainer.block_size(cpu=True, sharded=True) == trainer.kernels.sharded_seed_block
     monkeypatch.setattr(fast, "_on_cpu", lambda tree: True)
     assert trainer.eval_batch(state) < 16
     monkeypatch.setattr(fast, "_on_cpu", lambda tree: False)
