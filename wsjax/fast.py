@@ -144,7 +144,7 @@ class FFNNKernels:
     # over all cores, which pays for large blocks (64: 1.14x the speed of 8 on 2 cores). With
     # one device per core (sharded) a block runs on one core and 8 members, one AVX2 vector
     # across the member-minor layers, keep the first layer's weights and momentum (125 kB)
-    # in the core's L2 cache: 1.13-1.20x the speed of 64 (README, Training speed).
+    # in the core's L2 cache: 1.10-1.20x the speed of 64 (README, Training speed).
     seed_block = 64
     sharded_seed_block = 8
     member_axes = (0, 2, 2)  # of the packed weights
