@@ -587,6 +587,11 @@ class FastTrainer(BatchedTrainer):
             return None
         return self.kernels.sharded_seed_block if sharded else self.kernels.seed_block
 
+    def _block_of(self, state: MemberState, mesh) -> int | None:
+        """`block_size` for members in `state`, sharded over `mesh` (`_member_mesh(state)`):
+        the one choice that the training and evaluation programs and the test batch share."""
+        return self.block_size(_on_cpu(state.params), mesh is not None)
+
     def _program(self, fn, mesh, in_specs: str, **static):
         """`fn` with the static arguments `static` (its members in blocks of `block`, ...),
         jitted once per mesh and static values, with `_compile_options()` (asked on first use,
@@ -611,8 +616,7 @@ class FastTrainer(BatchedTrainer):
         mesh = _member_mesh(state)
         # Members sharded over devices (wsjax.sharding): each device trains its own members,
         # and every output stays sharded member by member.
-        fn = self._program(self._all_epoch, mesh, "mmrrm",
-                           block=self.block_size(_on_cpu(state), mesh is not None),
+        fn = self._program(self._all_epoch, mesh, "mmrrm", block=self._block_of(state, mesh),
                            unroll=self.unroll)
         # The data orders are drawn by a program of their own: its host callback (see
         # `permutations`) must not run inside a program that spans several devices.
@@ -726,8 +730,7 @@ class FastTrainer(BatchedTrainer):
 
     def _eval_program(self, state: MemberState):
         mesh = _member_mesh(state)
-        return self._program(self._all_eval, mesh, "mrrr",
-                             block=self.block_size(_on_cpu(state), mesh is not None))
+        return self._program(self._all_eval, mesh, "mrrr", block=self._block_of(state, mesh))
 
     def _all_eval(self, params, x: Array, y: Array, n_valid: Array, block: int | None):
         """Accuracy [S] and mean per-example loss [S] over the first n_valid rows of x, y.
@@ -771,7 +774,7 @@ class FastTrainer(BatchedTrainer):
         # floats.
         members = jax.tree.leaves(state.params)[0].shape[0]
         per_example = 600 if isinstance(self.kernels, CNNKernels) else 30
-        block = min(self.block_size(True, _member_mesh(state) is not None), max(1, members))
+        block = min(self._block_of(state, _member_mesh(state)), max(1, members))
         return max(1, min(self.eval_batch_size, self.eval_budget // (block * per_example)))
 
 
