@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import train_table  # noqa: E402
 
 SEEDS = 32
-STEPS = {"ffnn": 200, "cnn": 40}
+STEPS = {"ffnn": 200, "cnn": 40, "cnn-bias": 20, "mlp": 40, "lenet": 4}
 
 
 def _runner(name: str, arch: str):
@@ -28,6 +28,9 @@ def _runner(name: str, arch: str):
         torch.set_num_threads(1)
     steps = STEPS[arch] if name.startswith("wsjax") else max(1, STEPS[arch] // 10)
     make = {"wsjax-fast": lambda: train_table.wsjax_runner(arch, SEEDS, steps, True),
+            "wsjax-fast-1": lambda: train_table.wsjax_runner(arch, SEEDS, steps, True),
+            "wsjax-general": lambda: train_table.wsjax_runner(arch, SEEDS, steps, True,
+                                                              use_kernels=False),
             "wsjax-plain": lambda: train_table.wsjax_runner(arch, SEEDS, steps, False),
             "torch-loop": lambda: train_table.torch_loop_runner(
                 arch, SEEDS, steps, train_table.torch_device()),
@@ -36,9 +39,11 @@ def _runner(name: str, arch: str):
     return make(), steps
 
 
-@pytest.mark.parametrize("arch", ["ffnn", "cnn"])
+@pytest.mark.parametrize("arch", list(train_table.ROWS))
 @pytest.mark.parametrize("name", train_table.TRAINERS)
 def test_train_speed(benchmark, name, arch):
+    if arch not in train_table.PAPER_ROWS and name in ("wsjax-general", "torch-loop"):
+        pytest.skip("the general path is wsjax-fast there; the loop peer is SGD only")
     run, steps = _runner(name, arch)
     benchmark.extra_info["model_steps_per_round"] = SEEDS * steps
     benchmark.pedantic(run, rounds=3, iterations=1)

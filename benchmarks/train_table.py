@@ -37,15 +37,33 @@ from collections.abc import Callable
 
 import numpy as np
 
-TRAINERS = ("wsjax-fast", "wsjax-fast-1", "wsjax-plain", "torch-loop", "torch-func")
+TRAINERS = ("wsjax-fast", "wsjax-fast-1", "wsjax-general", "wsjax-plain", "torch-loop",
+            "torch-func")
+
+# Rows: the paper's two models (hand kernels; wsjax-general is the general path on them), and
+# three models a user might bring, which only the general path trains.
+# name -> (input shape, batch, optimizer, loss, learning rate, momentum, weight decay)
+ROWS = {
+    "ffnn": ((196,), 4, "sgd", "mse", 0.03, 0.9, 3e-4),
+    "cnn": ((14, 14, 1), 12, "sgd", "mse", 3e-4, 0.9, 0.1),
+    "cnn-bias": ((14, 14, 1), 12, "sgd", "mse", 3e-4, 0.9, 0.1),
+    "mlp": ((196,), 32, "adam", "xent", 1e-3, 0.0, 0.0),
+    "lenet": ((28, 28, 1), 32, "adam", "xent", 1e-3, 0.0, 0.0),
+}
+PAPER_ROWS = ("ffnn", "cnn")
+
+
+def flax_module(row: str):
+    from wsjax.models import CNN, FFNN, MLP, LeNet
+
+    return {"ffnn": FFNN, "cnn": CNN, "cnn-bias": lambda: CNN(use_bias=True), "mlp": MLP,
+            "lenet": LeNet}[row]()
 
 
 def random_data(arch: str, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """float32 inputs [n, 196] or [n, 14, 14, 1] in [0, 1) and int32 labels [n]."""
-    from wsjax.models import get_arch
-
     rng = np.random.default_rng(seed)
-    x = rng.random((n, *get_arch(arch).input_shape), dtype=np.float32)
+    x = rng.random((n, *ROWS[arch][0]), dtype=np.float32)
     return x, rng.integers(0, 10, n).astype(np.int32)
 
 
@@ -65,36 +83,45 @@ def run_stamp() -> dict:
 def check_n_train(archs: list[str], n_train: int) -> None:
     """ConfigError (a one-line message) where `n_train` is less than one batch of an arch."""
     from wsjax.errors import ConfigError
-    from wsjax.models import get_arch
 
     for arch in archs:
-        batch = get_arch(arch).batch_size
+        batch = ROWS[arch][1]
         if n_train < batch:
             raise ConfigError(f"--n-train {n_train} is less than one {arch} batch ({batch}); "
                               f"give at least {batch}")
 
 
-def wsjax_runner(arch: str, seeds: int, steps: int, fast: bool,
-                 devices: int = 1, **options) -> Callable[[], float]:
+def wsjax_runner(arch: str, seeds: int, steps: int, fast: bool, devices: int = 1,
+                 use_kernels: bool = True, **options) -> Callable[[], float]:
     """A function that trains `seeds` members for `steps` optimizer steps and returns seconds.
 
-    `options`: the fast trainer's speed options (`wsjax.zoo.make_trainer`; None: its default).
+    fast: the training core (`wsjax.train.BatchedTrainer`; use_kernels: the hand kernels where
+    they apply), else the plain vmapped trainer. `options`: the core's speed options.
 
     devices > 1: the members sharded over that many local devices (wsjax.sharding), padded to
     a multiple of it with copies as `run_zoo` does; only the `seeds` members are counted.
     """
     import jax
     import jax.numpy as jnp
+    import optax
 
+    import wsjax.train as wt
     from wsjax.sharding import seed_mesh, shard_members
-    from wsjax.zoo import ZooConfig, make_trainer, member_keys
+    from wsjax.zoo import member_keys
 
+    shape, batch, opt, loss, lr, momentum, decay = ROWS[arch]
     members = -(-seeds // devices) * devices
-    config = ZooConfig(arch=arch, seeds=members, dataset="digits")
-    trainer = make_trainer(config, fast=fast, **options)
-    x, y = random_data(arch, steps * trainer.batch_size)
+    optimizer = wt.sgd_with_weight_decay if opt == "sgd" else (
+        lambda hp: optax.adam(hp.learning_rate))
+    loss_fn = wt.mse_sum if loss == "mse" else wt.softmax_cross_entropy
+    if fast:
+        trainer = wt.BatchedTrainer(flax_module(arch), optimizer, loss_fn, batch,
+                                    use_kernels=use_kernels, **options)
+    else:
+        trainer = wt.PlainTrainer(flax_module(arch), optimizer, loss_fn, batch)
+    x, y = random_data(arch, steps * batch)
     x, y = jnp.asarray(x), jnp.asarray(y)
-    hp = trainer.broadcast_hparams(config.hparams(), members)
+    hp = trainer.broadcast_hparams(wt.HParams(lr, momentum, decay), members)
     state = trainer.init(member_keys(np.minimum(np.arange(members), seeds - 1)), hp, x)
     if devices > 1:
         mesh = seed_mesh(jax.local_devices()[:devices])
@@ -123,10 +150,19 @@ def _torch_model(arch: str):
         return nn.Sequential(nn.Linear(196, 10, bias=False), nn.Sigmoid(),
                              nn.Linear(10, 10, bias=False), nn.Sigmoid(),
                              nn.Linear(10, 10, bias=False))
-    return nn.Sequential(nn.Conv2d(1, 16, 3, 2, 1, bias=False), nn.MaxPool2d(2),
-                         nn.LeakyReLU(0.01), nn.Conv2d(16, 8, 3, 2, 1, bias=False),
+    if arch == "mlp":
+        return nn.Sequential(nn.Linear(196, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                             nn.Linear(64, 10))
+    if arch == "lenet":
+        return nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                             nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+                             nn.Linear(84, 10))
+    bias = arch == "cnn-bias"
+    return nn.Sequential(nn.Conv2d(1, 16, 3, 2, 1, bias=bias), nn.MaxPool2d(2),
+                         nn.LeakyReLU(0.01), nn.Conv2d(16, 8, 3, 2, 1, bias=bias),
                          nn.MaxPool2d(2), nn.LeakyReLU(0.01), nn.Flatten(),
-                         nn.Linear(8, 10, bias=False))
+                         nn.Linear(8, 10, bias=bias))
 
 
 def torch_device(choice: str = "auto") -> str:
@@ -148,18 +184,18 @@ def _sync(device: str) -> None:
 
 
 def _torch_setup(arch: str, seeds: int, steps: int, device: str = "cpu"):
-    """(paper settings, inputs, one-hot targets, `seeds` fresh torch models) for `steps` steps,
-    on `device`."""
+    """(the row's settings, inputs, targets, `seeds` fresh torch models) for `steps` steps, on
+    `device`. Targets: one-hot for the MSE rows, class indices for cross-entropy."""
     import torch
 
-    from wsjax.models import get_arch
-
-    spec = get_arch(arch)
-    x, y = random_data(arch, steps * spec.batch_size)
+    spec = ROWS[arch]
+    x, y = random_data(arch, steps * spec[1])
     x = torch.from_numpy(x)
-    if arch == "cnn":
+    if x.ndim == 4:
         x = x.permute(0, 3, 1, 2).contiguous()
-    t = torch.nn.functional.one_hot(torch.from_numpy(y).long(), 10).float()
+    t = torch.from_numpy(y).long()
+    if spec[3] == "mse":
+        t = torch.nn.functional.one_hot(t, 10).float()
     torch.manual_seed(0)
     return spec, x.to(device), t.to(device), [_torch_model(arch).to(device) for _ in range(seeds)]
 
@@ -170,9 +206,9 @@ def torch_loop_runner(arch: str, seeds: int, steps: int,
     import torch
 
     spec, x, t, models = _torch_setup(arch, seeds, steps, device)
-    bs = spec.batch_size
-    opts = [torch.optim.SGD(m.parameters(), lr=spec.learning_rate, momentum=spec.momentum,
-                            weight_decay=spec.weight_decay) for m in models]
+    _, bs, _, _, lr, mom, wd = spec
+    opts = [torch.optim.SGD(m.parameters(), lr=lr, momentum=mom, weight_decay=wd)
+            for m in models]
     gen = torch.Generator().manual_seed(0)
 
     def run() -> float:
@@ -194,22 +230,27 @@ def torch_loop_runner(arch: str, seeds: int, steps: int,
 
 def torch_func_runner(arch: str, seeds: int, steps: int,
                       device: str = "cpu") -> Callable[[], float]:
-    """All seeds as one torch.func ensemble: vmap(grad(functional_call)) and a stacked SGD."""
+    """All seeds as one torch.func ensemble: vmap(grad(functional_call)) and a stacked SGD
+    (as torch.optim.SGD) or Adam (as torch.optim.Adam) update."""
     import copy
 
     import torch
     from torch.func import functional_call, grad, stack_module_state, vmap
 
     spec, x, t, models = _torch_setup(arch, seeds, steps, device)
-    bs = spec.batch_size
+    _, bs, opt, loss, lr, mom, wd = spec
     params, buffers = stack_module_state(models)
     base = copy.deepcopy(models[0]).to("meta")
     names = list(params)
     momentum = {k: torch.zeros_like(v) for k, v in params.items()}
-    lr, mom, wd = spec.learning_rate, spec.momentum, spec.weight_decay
+    second = {k: torch.zeros_like(v) for k, v in params.items()}
+    count = [0]
 
     def loss_of(p, b, xb, tb):
-        return ((functional_call(base, (p, b), (xb,)) - tb) ** 2).sum()
+        out = functional_call(base, (p, b), (xb,))
+        if loss == "mse":
+            return ((out - tb) ** 2).sum()
+        return torch.nn.functional.cross_entropy(out, tb)
 
     grads_of = vmap(grad(loss_of))
     gen = torch.Generator().manual_seed(0)
@@ -222,7 +263,16 @@ def torch_func_runner(arch: str, seeds: int, steps: int,
             for s in range(steps):
                 idx = order[:, s * bs:(s + 1) * bs]
                 grads = grads_of(params, buffers, x[idx], t[idx])
+                if opt == "adam":
+                    count[0] += 1
+                    c1, c2 = 1 - 0.9 ** count[0], 1 - 0.999 ** count[0]
                 for k in names:
+                    if opt == "adam":
+                        momentum[k].mul_(0.9).add_(grads[k], alpha=0.1)
+                        second[k].mul_(0.999).addcmul_(grads[k], grads[k], value=0.001)
+                        denom = (second[k] / c2).sqrt_().add_(1e-8)
+                        params[k].addcdiv_(momentum[k], denom, value=-lr / c1)
+                        continue
                     d = grads[k].add_(params[k], alpha=wd)  # as torch.optim.SGD
                     momentum[k].mul_(mom).add_(d)
                     params[k].sub_(momentum[k], alpha=lr)
@@ -252,8 +302,12 @@ def measure_row(arch: str, seeds: int, steps: dict[str, int], repeats: int,
             continue
         if name == "wsjax-fast-1" and cores == 1:
             continue  # the same as wsjax-fast
+        if arch not in PAPER_ROWS and name in ("wsjax-general", "torch-loop"):
+            continue  # the general path is wsjax-fast there; the loop peer is SGD only
         make = {"wsjax-fast": lambda n: wsjax_runner(arch, seeds, n, True, cores),
                 "wsjax-fast-1": lambda n: wsjax_runner(arch, seeds, n, True),
+                "wsjax-general": lambda n: wsjax_runner(arch, seeds, n, True, cores,
+                                                        use_kernels=False),
                 "wsjax-plain": lambda n: wsjax_runner(arch, seeds, n, False),
                 "torch-loop": lambda n: torch_loop_runner(arch, seeds, n, device),
                 "torch-func": lambda n: torch_func_runner(arch, seeds, n, device)}[name]
@@ -285,9 +339,7 @@ def _torch_version() -> str | None:
 def measure_memory(arch: str, seeds: int, n_train: int) -> dict:
     """Peak resident memory of a process that trains a fast wsjax zoo for one epoch."""
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    from wsjax.models import get_arch
-
-    run = wsjax_runner(arch, seeds, n_train // get_arch(arch).batch_size, True,
+    run = wsjax_runner(arch, seeds, n_train // ROWS[arch][1], True,
                        len(jax_devices()))
     run()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -303,23 +355,28 @@ def _in_fresh_process(args: list[str]) -> dict:
 
 
 def format_table(rows: list[dict], memory: list[dict], torch_threads: int = 1) -> str:
-    head = ("| arch | seeds | wsjax fast, all devices | wsjax fast, 1 device | wsjax plain (vmap) "
-            "| PyTorch one seed after another | PyTorch torch.func ensemble | fast / plain "
-            "| fast / loop | fast / torch.func |")
-    lines = [head, "|" + " --- |" * 10]
+    head = ("| model | seeds | wsjax core, all devices | wsjax core, 1 device "
+            "| general path, all devices | wsjax plain (vmap) | PyTorch one seed after another "
+            "| PyTorch torch.func ensemble | general / core | core / plain | core / torch.func "
+            "| general / torch.func |")
+    lines = [head, "|" + " --- |" * 12]
     for r in rows:
         rate = r["rates"]
 
         def cell(name, rate=rate):
             return f"{rate[name]:,.0f}" if name in rate else "skipped"
 
-        def ratio(name, rate=rate):
-            return f"{rate['wsjax-fast'] / rate[name]:.1f}x" if name in rate else "-"
+        def ratio(name, over="wsjax-fast", rate=rate):
+            ok = name in rate and over in rate
+            return f"{rate[over] / rate[name]:.2f}x" if ok else "-"
 
+        general = "wsjax-general" if "wsjax-general" in rate else "wsjax-fast"
         lines.append(f"| {r['arch']} | {r['seeds']} | {cell('wsjax-fast')} | "
-                     f"{cell('wsjax-fast-1')} | {cell('wsjax-plain')} | {cell('torch-loop')} | "
-                     f"{cell('torch-func')} | "
-                     f"{ratio('wsjax-plain')} | {ratio('torch-loop')} | {ratio('torch-func')} |")
+                     f"{cell('wsjax-fast-1')} | {cell(general)} | {cell('wsjax-plain')} | "
+                     f"{cell('torch-loop') if r['arch'] in PAPER_ROWS else '-'} | "
+                     f"{cell('torch-func')} | {ratio('wsjax-fast', general)} | "
+                     f"{ratio('wsjax-plain')} | {ratio('torch-func')} | "
+                     f"{ratio('torch-func', general)} |")
     backend = rows[0].get("backend", "cpu") if rows else "cpu"
     where = ("CPU device(s), one per core (wsjax.sharding.use_cpu_cores)" if backend == "cpu"
              else f"{backend.upper()} device(s)")
@@ -342,7 +399,7 @@ def format_table(rows: list[dict], memory: list[dict], torch_threads: int = 1) -
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--arch", nargs="+", choices=["ffnn", "cnn"], default=["ffnn", "cnn"])
+    p.add_argument("--arch", nargs="+", choices=list(ROWS), default=list(ROWS))
     p.add_argument("--seeds", type=int, default=250)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--steps", type=int, default=None,
@@ -384,10 +441,12 @@ def main(argv: list[str] | None = None) -> int:
                     "cpu or auto")
     rows, memory = [], []
     for arch in a.arch:
-        fast = a.steps or {"ffnn": 1000, "cnn": 200}[arch]
+        fast = a.steps or {"ffnn": 1000, "cnn": 200, "cnn-bias": 100, "mlp": 200,
+                           "lenet": 20}[arch]
         # the slower trainers run fewer steps per repeat, so that a repeat takes seconds
-        steps = {"wsjax-fast": fast, "wsjax-fast-1": fast, "wsjax-plain": max(1, fast // 4),
-                 "torch-loop": max(20, fast // 50), "torch-func": max(1, fast // 8)}
+        steps = {"wsjax-fast": fast, "wsjax-fast-1": fast, "wsjax-general": fast,
+                 "wsjax-plain": max(1, fast // 4), "torch-loop": max(20, fast // 50),
+                 "torch-func": max(1, fast // 8)}
         rows.append(_in_fresh_process(["--arch", arch, "--seeds", str(a.seeds), "--repeats",
                                        str(a.repeats), "--torch-threads",
                                        str(a.torch_threads), "--torch-device",

@@ -34,6 +34,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=None)
     p.add_argument("--momentum", type=float, default=None)
     p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--use-bias", action="store_true",
+                   help="add biases to every layer (not the paper's models: trained on the "
+                        "general path)")
     p.add_argument("--chunk", type=int, default=None,
                    help="train at most N seeds at once (less memory, same results)")
     p.add_argument("--out", default=None, help="run directory (default runs/<arch>-<dataset>)")
@@ -58,10 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     config = ZooConfig(arch=args.arch, dataset=args.dataset, seeds=args.seeds,
                        seed_start=args.seed_start, epochs=args.epochs, loss=args.loss,
                        learning_rate=args.lr, weight_decay=args.weight_decay,
-                       momentum=args.momentum, batch_size=args.batch_size, chunk=args.chunk)
+                       momentum=args.momentum, batch_size=args.batch_size, chunk=args.chunk,
+                       use_bias=args.use_bias)
     out = args.out or f"runs/{args.arch}-{args.dataset}"
     if args.coordinator is not None:
-        from wsjax.sharding import initialize_distributed, run_zoo_sharded
+        from wsjax.sharding import initialize_distributed
+        from wsjax.zoo import run_zoo_sharded
 
         if args.num_processes is None or args.process_id is None:
             raise ConfigError("--coordinator needs --num-processes and --process-id")

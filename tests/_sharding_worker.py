@@ -36,8 +36,8 @@ def main(argv: list[str]) -> int:
     import jax
 
     from wsjax.data import load_digits
-    from wsjax.sharding import initialize_distributed, run_zoo_sharded, seed_mesh
-    from wsjax.zoo import ZooConfig, run_zoo
+    from wsjax.sharding import initialize_distributed, seed_mesh
+    from wsjax.zoo import ZooConfig, run_zoo, run_zoo_sharded
 
     mode, out, seeds, epochs = argv[0], argv[1], int(argv[2]), int(argv[3])
     config = ZooConfig(arch="ffnn", dataset="digits", seeds=seeds, epochs=epochs)

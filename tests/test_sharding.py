@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from wsjax.errors import ConfigError, RunDirError
-from wsjax.sharding import load_sharded_zoo, process_block
-from wsjax.store import load_zoo
+from wsjax.sharding import process_block
+from wsjax.store import load_sharded_zoo, load_zoo
 from wsjax.zoo import ZooConfig, run_zoo
 
 WORKER = Path(__file__).with_name("_sharding_worker.py")

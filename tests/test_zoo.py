@@ -98,11 +98,11 @@ def test_resume_in_process_is_bit_identical(tmp_path, ffnn_run):
 def test_chunks_draw_each_epochs_orders_once(tmp_path, ffnn_run, monkeypatch):
     """More chunks than a handful: each chunk's next epoch drawn ahead is kept until it is
     taken, so every chunk draws each epoch's data orders once, none after the last."""
-    from wsjax.fast import FastTrainer
+    from wsjax.train.orders import OrderSource
 
     drawn = []
-    real = FastTrainer._orders_on
-    monkeypatch.setattr(FastTrainer, "_orders_on",
+    real = OrderSource.draw
+    monkeypatch.setattr(OrderSource, "draw",
                         lambda self, keys, e, *a: drawn.append(e) or real(self, keys, e, *a))
     out = tmp_path / "chunked"
     run_zoo(ZooConfig(arch="ffnn", chunk=1, **{**SMALL, "seeds": 6}), out, progress=False,
@@ -112,16 +112,19 @@ def test_chunks_draw_each_epochs_orders_once(tmp_path, ffnn_run, monkeypatch):
     np.testing.assert_array_equal(a.snapshots[:3], b.snapshots)
 
 
-def _zoo_cmd(out, epochs):
+def _zoo_cmd(out, epochs, *extra):
     return [sys.executable, "-m", "experiments.zoo", "--arch", "ffnn", "--dataset", "digits",
-            "--seeds", "4", "--epochs", str(epochs), "--out", str(out), "--no-progress"]
+            "--seeds", "4", "--epochs", str(epochs), "--out", str(out), "--no-progress",
+            *extra]
 
 
 @pytest.mark.slow
-def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("extra", [(), ("--use-bias",)], ids=["paper", "general-path"])
+def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path, extra):
+    """The paper's FFNN (hand kernels) and the FFNN with biases (the general path)."""
     epochs = 40
     killed, clean = tmp_path / "killed", tmp_path / "clean"
-    proc = subprocess.Popen(_zoo_cmd(killed, epochs), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(_zoo_cmd(killed, epochs, *extra), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     progress = killed / "progress.json"
     deadline = time.monotonic() + 240
@@ -140,11 +143,11 @@ def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
     assert 2 <= done < epochs, "the run was not caught mid-way"
     assert not json.loads(progress.read_text())["complete"]
 
-    resumed = subprocess.run(_zoo_cmd(killed, epochs), capture_output=True, text=True,
+    resumed = subprocess.run(_zoo_cmd(killed, epochs, *extra), capture_output=True, text=True,
                              timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming after epoch" in resumed.stdout
-    subprocess.run(_zoo_cmd(clean, epochs), check=True, capture_output=True, timeout=300)
+    subprocess.run(_zoo_cmd(clean, epochs, *extra), check=True, capture_output=True, timeout=300)
     a, b = load_zoo(killed), load_zoo(clean)
     np.testing.assert_array_equal(a.snapshots, b.snapshots)
     np.testing.assert_array_equal(a.test_accuracy, b.test_accuracy)

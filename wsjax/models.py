@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from wsjax.errors import ConfigError
 
-__all__ = ["FFNN", "CNN", "ArchSpec", "ARCHS", "get_arch", "kaiming_normal"]
+__all__ = ["FFNN", "CNN", "MLP", "LeNet", "ArchSpec", "ARCHS", "get_arch", "kaiming_normal"]
 
 kaiming_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
@@ -59,6 +59,38 @@ class CNN(nn.Module):
             x = nn.leaky_relu(x, self.negative_slope)
         x = x.reshape((x.shape[0], -1))
         return nn.Dense(self.num_classes, use_bias=self.use_bias, kernel_init=kaiming_normal)(x)
+
+
+class MLP(nn.Module):
+    """A model a user might bring: dense 196 -> 64 -> 64 -> 10 with biases and ReLU (Flax
+    defaults). Used by the benchmarks and tests of the training core's general path."""
+
+    features: tuple[int, ...] = (64, 64)
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.reshape((x.shape[0], -1))
+        for f in self.features:
+            x = nn.relu(nn.Dense(f)(x))
+        return nn.Dense(self.num_classes)(x)
+
+
+class LeNet(nn.Module):
+    """LeNet-5 style, for 28x28x1 inputs: conv 5x5 6 (same), max-pool 2, conv 5x5 16 (valid),
+    max-pool 2, dense 120 -> 84 -> 10, biases and ReLU. Used by the benchmarks and tests of the
+    training core's general path."""
+
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nn.max_pool(nn.relu(nn.Conv(6, (5, 5), padding="SAME")(x)), (2, 2), (2, 2))
+        x = nn.max_pool(nn.relu(nn.Conv(16, (5, 5), padding="VALID")(x)), (2, 2), (2, 2))
+        x = x.reshape((x.shape[0], -1))
+        x = nn.relu(nn.Dense(120)(x))
+        x = nn.relu(nn.Dense(84)(x))
+        return nn.Dense(self.num_classes)(x)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,6 +36,10 @@ __all__ = [
     "atomic_save_npz",
     "read_json",
     "finish_run",
+    "load_sharded_zoo",
+    "split_chunks",
+    "save_training_state",
+    "load_training_state",
 ]
 
 METRIC_KEYS = ("test_accuracy", "test_loss", "train_loss", "diverged_epoch", "seeds")
@@ -149,8 +153,6 @@ def load_zoo(run_dir: str | os.PathLike, mmap: bool = True) -> Zoo:
         raise RunDirError(f"{run_dir}: run directory not found; train one with "
                           "`python -m experiments.zoo --out DIR`")
     if (run_dir / "sharded.json").is_file():
-        from wsjax.sharding import load_sharded_zoo
-
         return load_sharded_zoo(run_dir)
     progress = read_json(run_dir / "progress.json")
     if not progress.get("complete"):
@@ -166,3 +168,88 @@ def load_zoo(run_dir: str | os.PathLike, mmap: bool = True) -> Zoo:
     except (OSError, KeyError, ValueError) as e:
         raise RunDirError(f"{run_dir}: cannot read the zoo arrays ({e})") from None
     return Zoo(path=run_dir, config=config, snapshots=snapshots, **metrics)
+
+
+def load_sharded_zoo(run_dir: str | Path) -> Zoo:
+    """Reads a sharded run as one Zoo: shards concatenated along the seed axis, in seed order.
+
+    Snapshots are loaded into memory (one array [S, E+1, P]).
+
+    Raises:
+        RunDirError: no manifest, or a shard missing, incomplete or disagreeing with it.
+    """
+    run_dir = Path(run_dir)
+    manifest = read_json(run_dir / "sharded.json")
+    zoos = []
+    for entry in manifest["shards"]:
+        try:
+            z = load_zoo(run_dir / entry["dir"])
+        except RunDirError as e:
+            raise RunDirError(f"{run_dir}: shard {entry['dir']} is not ready ({e}); rerun "
+                              "that process's command") from None
+        want = np.arange(*entry["seeds"])
+        if not np.array_equal(np.asarray(z.seeds), want):
+            raise RunDirError(f"{run_dir}: shard {entry['dir']} holds seeds other than the "
+                              "manifest's; the run directory is mixed up")
+        zoos.append(z)
+    first = zoos[0]
+    config = dict(first.config)
+    config["seeds"] = manifest["seeds"]
+    config["config"] = {**first.config["config"], "seeds": len(manifest["seeds"]),
+                        "seed_start": manifest["seeds"][0]}
+    config["sharded"] = manifest
+
+    def cat(name):
+        return np.concatenate([np.asarray(getattr(z, name)) for z in zoos])
+
+    return Zoo(path=run_dir, config=config, snapshots=cat("snapshots"),
+               test_accuracy=cat("test_accuracy"), test_loss=cat("test_loss"),
+               train_loss=cat("train_loss"), diverged_epoch=cat("diverged_epoch"),
+               seeds=cat("seeds"))
+
+
+def split_chunks(members: int, chunk: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """[(member indices, the same padded with copies of the last to length chunk)] covering
+    0..members-1: the chunks of members that a run trains one after another."""
+    out = []
+    for lo in range(0, members, chunk):
+        idx = np.arange(lo, min(lo + chunk, members))
+        out.append((idx, np.concatenate([idx, np.full(chunk - len(idx), idx[-1])])))
+    return out
+
+
+def save_training_state(path: Path, states: list, chunks, members: int, epoch: int,
+                        metrics: dict[str, np.ndarray]) -> None:
+    """Writes the training state of every chunk (pytrees with a leading member axis, merged
+    into [members, ...] per leaf) and the metrics so far to `path` (state.npz), atomically."""
+    import jax
+
+    leaves_per_chunk = [jax.tree.leaves(s) for s in states]
+    arrays = {}
+    for i in range(len(leaves_per_chunk[0])):
+        full = None
+        for (idx, _), leaves in zip(chunks, leaves_per_chunk, strict=True):
+            part = np.asarray(leaves[i])[: len(idx)]
+            if full is None:
+                full = np.empty((members, *part.shape[1:]), part.dtype)
+            full[idx] = part
+        arrays[f"leaf_{i}"] = full
+    atomic_save_npz(path, completed_epochs=np.int64(epoch), **metrics, **arrays)
+
+
+def load_training_state(path: Path, states: list, chunks,
+                        metric_names) -> tuple[int, dict[str, np.ndarray], list]:
+    """Reads `save_training_state`'s file: (completed epochs, metrics, the chunks' states in
+    the structure of `states`)."""
+    import jax
+    import jax.numpy as jnp
+
+    with np.load(path, allow_pickle=False) as z:
+        done = int(z["completed_epochs"])
+        metrics = {k: z[k] for k in metric_names}
+        loaded = []
+        for state, (_, pad) in zip(states, chunks, strict=True):
+            treedef = jax.tree.structure(state)
+            leaves = [jnp.asarray(z[f"leaf_{i}"][pad]) for i in range(treedef.num_leaves)]
+            loaded.append(jax.tree.unflatten(treedef, leaves))
+    return done, metrics, loaded

@@ -18,12 +18,29 @@ import numpy as np
 
 from wsjax.data import Dataset, load_dataset
 from wsjax.errors import ConfigError, RunDirError
-from wsjax.fast import make_fast_trainer, speed_options
 from wsjax.models import get_arch
-from wsjax.store import atomic_save_npz, atomic_write_json, finish_run, load_zoo, read_json
-from wsjax.train import BatchedTrainer, HParams, diverged_epochs, get_loss, sgd_with_weight_decay
+from wsjax.sharding import process_block, seed_mesh, shard_members
+from wsjax.store import (
+    atomic_write_json,
+    finish_run,
+    load_training_state,
+    load_zoo,
+    read_json,
+    save_training_state,
+    split_chunks,
+)
+from wsjax.train import (
+    BatchedTrainer,
+    HParams,
+    PlainTrainer,
+    diverged_epochs,
+    get_loss,
+    sgd_with_weight_decay,
+)
+from wsjax.train.blocks import speed_options
 
-__all__ = ["ZooConfig", "run_zoo", "make_trainer", "member_keys", "dataset_fingerprint"]
+__all__ = ["ZooConfig", "run_zoo", "run_zoo_sharded", "make_trainer", "member_keys",
+           "dataset_fingerprint"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,12 +105,13 @@ def member_keys(seeds: np.ndarray) -> np.ndarray:
     return np.stack([np.asarray(jax.random.key_data(jax.random.key(int(s)))) for s in seeds])
 
 
-def make_trainer(config: ZooConfig, fast: bool = True, **options) -> BatchedTrainer:
-    """The zoo's trainer: the hand-written all-member kernels of wsjax.fast where they support
-    the configuration (same results to float32 rounding), else (or with fast=False) the plain
-    vmapped Flax trainer.
+def make_trainer(config: ZooConfig, fast: bool = True, use_kernels: bool = True,
+                 **options) -> PlainTrainer:
+    """The zoo's trainer: the training core (`wsjax.train.BatchedTrainer`; with use_kernels,
+    the hand-written kernels where they support the configuration), or with fast=False the
+    plain vmapped trainer. Same results to float32 rounding.
 
-    `options`: the fast trainer's speed options (`wsjax.fast.FAST_OPTIONS`: seed_block,
+    `options`: the core's speed options (`wsjax.train.blocks.SPEED_OPTIONS`: seed_block,
     unroll, eval_budget), positive integers, None for the default; ignored by the plain
     trainer, but checked either way.
     """
@@ -102,7 +120,9 @@ def make_trainer(config: ZooConfig, fast: bool = True, **options) -> BatchedTrai
     r = config.resolved()
     args = (spec.make_module(use_bias=config.use_bias), sgd_with_weight_decay,
             get_loss(config.loss), r["batch_size"])
-    return make_fast_trainer(*args, **options) if fast else BatchedTrainer(*args)
+    if not fast:
+        return PlainTrainer(*args)
+    return BatchedTrainer(*args, use_kernels=use_kernels, **options)
 
 
 def dataset_fingerprint(ds: Dataset) -> str:
@@ -122,15 +142,6 @@ def _prepare_inputs(config: ZooConfig, ds: Dataset) -> Dataset:
             ds, x_train=ds.x_train.reshape(-1, *want), x_test=ds.x_test.reshape(-1, *want))
     raise ConfigError(f"{ds.name} inputs have shape {ds.x_train.shape[1:]}; {config.arch} "
                       f"needs {want}")
-
-
-def _split_chunks(members: int, chunk: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """[(member indices, padded indices of length chunk)] covering 0..members-1."""
-    out = []
-    for lo in range(0, members, chunk):
-        idx = np.arange(lo, min(lo + chunk, members))
-        out.append((idx, np.concatenate([idx, np.full(chunk - len(idx), idx[-1])])))
-    return out
 
 
 def run_zoo(config: ZooConfig, out_dir: str | Path, dataset: Dataset | None = None,
@@ -195,7 +206,7 @@ def run_zoo(config: ZooConfig, out_dir: str | Path, dataset: Dataset | None = No
     chunk = min(config.chunk or members, members)
     if mesh is not None:
         chunk = -(-chunk // mesh.size) * mesh.size
-    chunks = _split_chunks(members, chunk)
+    chunks = split_chunks(members, chunk)
     hps = [jax.tree.map(lambda v, p=pad: v[p], hp_all) for _, pad in chunks]
     states = [trainer.init(keys[pad], hp, x_tr) for (_, pad), hp in zip(chunks, hps, strict=True)]
     num_params = int(trainer.flat_params(states[0]).shape[1])
@@ -210,15 +221,7 @@ def run_zoo(config: ZooConfig, out_dir: str | Path, dataset: Dataset | None = No
     }
     done = 0
     if state_path.exists() and snap_path.exists():
-        with np.load(state_path, allow_pickle=False) as z:
-            done = int(z["completed_epochs"])
-            for k in metrics:
-                metrics[k] = z[k]
-            for c, (_, pad) in enumerate(chunks):
-                treedef = jax.tree.structure(states[c])
-                leaves = [jnp.asarray(z[f"leaf_{i}"][pad])
-                          for i in range(treedef.num_leaves)]
-                states[c] = jax.tree.unflatten(treedef, leaves)
+        done, metrics, states = load_training_state(state_path, states, chunks, list(metrics))
         snapshots = np.load(snap_path, mmap_mode="r+", allow_pickle=False)
         log(f"{out}: resuming after epoch {done} of {E}")
     else:
@@ -231,8 +234,6 @@ def run_zoo(config: ZooConfig, out_dir: str | Path, dataset: Dataset | None = No
             metrics["test_loss"][idx, 0] = np.asarray(tl)[: len(idx)]
         snapshots.flush()
     if mesh is not None:
-        from wsjax.sharding import shard_members
-
         states = [shard_members(s, mesh) for s in states]
         hps = [shard_members(h, mesh) for h in hps]
         x_tr, y_tr, x_te, y_te = shard_members((x_tr, y_tr, x_te, y_te), mesh, replicate=True)
@@ -255,7 +256,7 @@ def run_zoo(config: ZooConfig, out_dir: str | Path, dataset: Dataset | None = No
             metrics["test_accuracy"][idx, e] = np.asarray(acc)[:n]
             metrics["test_loss"][idx, e] = np.asarray(tl)[:n]
         snapshots.flush()
-        _save_state(state_path, states, chunks, members, e, metrics)
+        save_training_state(state_path, states, chunks, members, e, metrics)
         atomic_write_json(out / "progress.json", {"completed_epochs": e, "complete": False})
         dt = time.perf_counter() - t0
         bar.update(1)
@@ -275,20 +276,6 @@ def run_zoo(config: ZooConfig, out_dir: str | Path, dataset: Dataset | None = No
     return out
 
 
-def _save_state(path: Path, states, chunks, members: int, epoch: int, metrics: dict) -> None:
-    leaves_per_chunk = [jax.tree.leaves(s) for s in states]
-    arrays = {}
-    for i in range(len(leaves_per_chunk[0])):
-        full = None
-        for (idx, _), leaves in zip(chunks, leaves_per_chunk, strict=True):
-            part = np.asarray(leaves[i])[: len(idx)]
-            if full is None:
-                full = np.empty((members, *part.shape[1:]), part.dtype)
-            full[idx] = part
-        arrays[f"leaf_{i}"] = full
-    atomic_save_npz(path, completed_epochs=np.int64(epoch), **metrics, **arrays)
-
-
 def _summary(out: Path, log, elapsed: float, epochs_run: int, members: int, steps: int,
              arch: str) -> None:
     zoo = load_zoo(out)
@@ -305,3 +292,51 @@ def _summary(out: Path, log, elapsed: float, epochs_run: int, members: int, step
                         zip(zoo.seeds[~ok], zoo.diverged_epoch[~ok], strict=True))
         log(f"diverged: {int((~ok).sum())} member(s): {bad}")
     log(f"saved to {out}")
+
+
+def _shard_dir(process_id: int) -> str:
+    return f"shards/process-{process_id:05d}"
+
+
+def run_zoo_sharded(config, out_dir: str | Path, dataset=None, data_dir: str | None = None,
+                    progress: bool = True, log=print, process_id: int | None = None,
+                    num_processes: int | None = None, devices=None) -> Path:
+    """Trains this process's block of `config`'s members into its shard of a sharded run.
+
+    Args:
+        config: the whole zoo (wsjax.zoo.ZooConfig); every process passes the same one.
+        out_dir: the sharded run directory (shared by all processes, e.g. a network disk,
+            or gathered into one place afterwards).
+        process_id, num_processes: default `jax.process_index()` / `jax.process_count()`.
+        devices: this process's devices for the seed mesh (default: its local devices).
+
+    Returns:
+        the shard's run directory.
+    """
+    pid = jax.process_index() if process_id is None else process_id
+    n = jax.process_count() if num_processes is None else num_processes
+    out = Path(out_dir)
+    blocks = [process_block(config.seeds, n, i) for i in range(n)]
+    manifest = {
+        "format": "wsjax-sharded-run/1",
+        "num_processes": n,
+        "seeds": list(range(config.seed_start, config.seed_start + config.seeds)),
+        "shards": [{"dir": _shard_dir(i), "seeds": [config.seed_start + lo,
+                                                    config.seed_start + hi]}
+                   for i, (lo, hi) in enumerate(blocks) if hi > lo],
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "sharded.json").exists():
+        if read_json(out / "sharded.json") != manifest:
+            raise RunDirError(f"{out}: holds a different sharded zoo (seeds or process count "
+                              "differ); choose another --out or delete that folder")
+    elif pid == 0:
+        atomic_write_json(out / "sharded.json", manifest)
+    lo, hi = blocks[pid]
+    shard = out / _shard_dir(pid)
+    if hi == lo:
+        log(f"process {pid}: no members to train ({config.seeds} seeds over {n} processes)")
+        return shard
+    sub = dataclasses.replace(config, seeds=hi - lo, seed_start=config.seed_start + lo)
+    return run_zoo(sub, shard, dataset=dataset, data_dir=data_dir, progress=progress, log=log,
+                   mesh=seed_mesh(devices))

@@ -1,4 +1,5 @@
-"""The hand-written kernels (wsjax.fast) against the plain vmapped trainer and a per-seed loop."""
+"""The training core with the hand-written kernels (wsjax.train.kernels), its data orders,
+blocks and compile options, against the plain vmapped trainer and a per-seed loop."""
 
 from __future__ import annotations
 
@@ -14,16 +15,19 @@ import optax
 import pytest
 from test_train import per_seed_reference, small
 
-from wsjax.fast import (
-    CNNKernels,
-    FastTrainer,
-    _conv2_fold,
-    _conv2_matrix,
-    fast_kernels,
-    make_fast_trainer,
-)
+import wsjax.train.blocks as blocks
+import wsjax.train.kernels as kernels_module
+import wsjax.train.orders as orders_module
 from wsjax.models import ARCHS
-from wsjax.train import BatchedTrainer, HParams, mse_mean, mse_sum, sgd_with_weight_decay
+from wsjax.train import (
+    BatchedTrainer,
+    HParams,
+    PlainTrainer,
+    mse_mean,
+    mse_sum,
+    sgd_with_weight_decay,
+)
+from wsjax.train.kernels import CNNKernels, _conv2_fold, _conv2_matrix, hand_kernels
 from wsjax.zoo import ZooConfig, make_trainer
 
 TOL = dict(rtol=2e-5, atol=2e-6)
@@ -36,10 +40,10 @@ def hparams(name: str) -> HParams:
 
 def both(name: str, loss=mse_sum, seed_block: int = 2):
     spec = ARCHS[name]
-    plain = BatchedTrainer(spec.make_module(), sgd_with_weight_decay, loss, spec.batch_size)
-    fast = make_fast_trainer(spec.make_module(), sgd_with_weight_decay, loss, spec.batch_size,
-                             seed_block=seed_block)
-    assert isinstance(fast, FastTrainer)
+    plain = PlainTrainer(spec.make_module(), sgd_with_weight_decay, loss, spec.batch_size)
+    fast = BatchedTrainer(spec.make_module(), sgd_with_weight_decay, loss, spec.batch_size,
+                          seed_block=seed_block)
+    assert fast.kernels is not None
     return plain, fast
 
 
@@ -70,25 +74,23 @@ def test_fast_epochs_equal_plain_trainer(digits, name, n_train, loss):
 def test_next_epochs_orders_drawn_ahead_are_the_ones_it_would_draw(digits, monkeypatch):
     """Each call draws the next epoch's orders ahead; the next call takes them instead of
     drawing its own, and trains as a fresh trainer (and the plain one) does."""
-    import wsjax.fast as fast
-
     x, y, _, _ = shaped(small(digits, 40), "ffnn")
     plain, trainer = both("ffnn")
     hp = plain.broadcast_hparams(hparams("ffnn"), 3)
     state = plain.init(jax.random.split(jax.random.key(8), 3), hp, x)
     first = trainer.train_epochs(state, hp, x, y, 1, 1)
-    (tag, (epoch, ahead)), = trainer._prefetched.items()
+    (tag, (epoch, ahead)), = trainer.orders.prefetched.items()
     assert epoch == 2
-    want = fast.permutations(jax.vmap(fast.epoch_key, in_axes=(0, None))(state.shuffle_key, 2),
-                             40)
+    keys = jax.vmap(orders_module.epoch_key, in_axes=(0, None))(state.shuffle_key, 2)
+    want = orders_module.permutations(keys, 40)
     np.testing.assert_array_equal(np.asarray(ahead), np.asarray(want))
     assert not np.array_equal(np.asarray(ahead)[0], np.arange(40))  # shuffled
     drawn = []
-    real = trainer._orders_on
-    monkeypatch.setattr(trainer, "_orders_on", lambda *a: drawn.append(a[1]) or real(*a))
+    real = trainer.orders.draw
+    monkeypatch.setattr(trainer.orders, "draw", lambda *a: drawn.append(a[1]) or real(*a))
     second = trainer.train_epochs(first[0], hp, x, y, 2, 1)
     assert drawn == [3]  # epoch 2's orders were not drawn again, epoch 3's were drawn ahead
-    assert list(trainer._prefetched) == [tag] and trainer._prefetched[tag][0] == 3
+    assert list(trainer.orders.prefetched) == [tag] and trainer.orders.prefetched[tag][0] == 3
     fresh = both("ffnn")[1].train_epochs(first[0], hp, x, y, 2, 1)
     want = plain.train_epochs(state, hp, x, y, 1, 2)
     for g, f in zip(jax.tree.leaves(second), jax.tree.leaves(fresh), strict=True):
@@ -97,19 +99,20 @@ def test_next_epochs_orders_drawn_ahead_are_the_ones_it_would_draw(digits, monke
     # the run's last epoch draws nothing ahead, and takes the orders drawn for it
     drawn.clear()
     trainer.train_epochs(second[0], hp, x, y, 3, 1, last_epoch=3)
-    assert drawn == [] and trainer._prefetched == {}
+    assert drawn == [] and trainer.orders.prefetched == {}
     # other members' keys (chunks of a zoo run) each keep their own next epoch; the oldest
     # go once more than max_prefetched_entries order entries are kept
     tags = []
     for seed in range(6):
         other = plain.init(jax.random.split(jax.random.key(100 + seed), 3), hp, x)
         trainer.train_epochs(other, hp, x, y, 1, 1)
-        tags.append(next(reversed(trainer._prefetched)))
-    assert list(trainer._prefetched) == tags and len(set(tags)) == 6
-    assert [e for e, _ in trainer._prefetched.values()] == [2] * 6
-    trainer.max_prefetched_entries = 2 * 3 * 40
+        tags.append(next(reversed(trainer.orders.prefetched)))
+    assert list(trainer.orders.prefetched) == tags and len(set(tags)) == 6
+    assert [e for e, _ in trainer.orders.prefetched.values()] == [2] * 6
+    trainer.orders.max_entries = 2 * 3 * 40
     trainer.train_epochs(other, hp, x, y, 2, 1)  # the newest key set again, now at epoch 3
-    assert list(trainer._prefetched) == tags[4:] and trainer._prefetched[tags[5]][0] == 3
+    kept = trainer.orders.prefetched
+    assert list(kept) == tags[4:] and kept[tags[5]][0] == 3
     trainer.block_until_ready()
 
 
@@ -121,11 +124,10 @@ def test_process_exits_cleanly_while_orders_are_drawn_ahead():
         from wsjax.sharding import use_cpu_cores
         use_cpu_cores(2)  # as the zoo command does
         import jax, jax.numpy as jnp, numpy as np
-        import wsjax.fast as fast
         from wsjax.models import ARCHS
-        from wsjax.train import mse_sum, sgd_with_weight_decay, HParams
+        from wsjax.train import BatchedTrainer, mse_sum, sgd_with_weight_decay, HParams
         spec = ARCHS["ffnn"]
-        trainer = fast.make_fast_trainer(spec.make_module(), sgd_with_weight_decay, mse_sum, 4)
+        trainer = BatchedTrainer(spec.make_module(), sgd_with_weight_decay, mse_sum, 4)
         rng = np.random.default_rng(0)
         x = jnp.asarray(rng.random((4000, 196), dtype=np.float32))
         y = jnp.asarray(rng.integers(0, 10, 4000).astype(np.int32))
@@ -188,24 +190,25 @@ def test_cnn_gradient_with_tied_pool_windows():
 
 def test_unsupported_configurations_fall_back_to_plain_trainer(digits):
     spec = ARCHS["ffnn"]
-    assert fast_kernels(spec.make_module(use_bias=True)) is None
-    assert fast_kernels(nn.Dense(3)) is None
-    assert type(make_fast_trainer(spec.make_module(), lambda hp: optax.adam(1e-3), mse_sum,
-                                  4)) is BatchedTrainer
-    assert isinstance(make_trainer(ZooConfig(arch="cnn", dataset="digits")), FastTrainer)
+    assert hand_kernels(spec.make_module(use_bias=True)) is None
+    assert hand_kernels(nn.Dense(3)) is None
+    assert BatchedTrainer(spec.make_module(), lambda hp: optax.adam(1e-3), mse_sum,
+                          4).kernels is None
+    assert make_trainer(ZooConfig(arch="cnn", dataset="digits")).kernels is not None
+    assert make_trainer(ZooConfig(arch="cnn", dataset="digits"), use_kernels=False).kernels \
+        is None
     assert type(make_trainer(ZooConfig(arch="cnn", dataset="digits"), fast=False)) \
-        is BatchedTrainer
-    # a model with biases trains on the plain path and equals the plain trainer; the fast
-    # trainer's speed options are dropped there
+        is PlainTrainer
+    # a model with biases trains on the general path and equals the plain trainer
     config = ZooConfig(arch="ffnn", dataset="digits", use_bias=True, seeds=2, epochs=1)
     trainer = make_trainer(config, seed_block=2, unroll=3)
-    assert type(trainer) is BatchedTrainer
+    assert trainer.kernels is None
     ds = small(digits, 40, n_test=50)
     keys = jax.random.split(jax.random.key(0), 2)
     got = trainer.fit(keys, ds, epochs=1, hparams=config.hparams())
-    want = BatchedTrainer(spec.make_module(use_bias=True), sgd_with_weight_decay, mse_sum,
-                          spec.batch_size).fit(keys, ds, epochs=1, hparams=config.hparams())
-    np.testing.assert_array_equal(got.snapshots, want.snapshots)
+    want = PlainTrainer(spec.make_module(use_bias=True), sgd_with_weight_decay, mse_sum,
+                        spec.batch_size).fit(keys, ds, epochs=1, hparams=config.hparams())
+    np.testing.assert_allclose(got.snapshots, want.snapshots, **TOL)
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 7, 1000, 60_000])
@@ -213,7 +216,7 @@ def test_host_permutations_equal_jax_permutation(n):
     """Sorted on the host, the data orders are jax.random.permutation's bit for bit. At 60,000
     rows two of the 32-bit sort keys of a row collide in most rows, so the stable order of
     equal keys is checked too."""
-    from wsjax.fast import permutations
+    from wsjax.train.orders import permutations
 
     keys = jax.random.split(jax.random.key(7), 6)
     want = jax.vmap(lambda k: jax.random.permutation(k, n))(keys)
@@ -228,7 +231,7 @@ def test_host_permutations_equal_jax_permutation(n):
 def test_host_sort_orders_extreme_and_equal_keys_stably():
     """`_shuffle_rows` against NumPy's stable argsort, round after round, on keys at both ends
     and both sides of the top bit, with ties."""
-    from wsjax.fast import _shuffle_rows
+    from wsjax.train.orders import _shuffle_rows
 
     top = 2**31
     keys = np.array([[[2**32 - 1, 0, top, top - 1, top, 0, 7, 2**32 - 1, top + 1]],
@@ -242,7 +245,7 @@ def test_host_sort_orders_extreme_and_equal_keys_stably():
 def test_dense_per_example_and_single_product_agree(monkeypatch):
     """`_dense`'s CPU form (a product per example) and its form elsewhere (one product), on
     whatever platform the tests run."""
-    import wsjax.fast as fast
+    fast = kernels_module
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3, 4, 196)).astype(np.float32)
@@ -265,7 +268,7 @@ def test_dense_per_example_and_single_product_agree(monkeypatch):
 
 @pytest.mark.parametrize("n", [1, 2, 5, 4097])
 def test_unrolled_threefry_bits_equal_jax_random_bits(n):
-    from wsjax.fast import _random_bits, _threefry_bits
+    from wsjax.train.orders import _random_bits, _threefry_bits
 
     keys = jax.random.split(jax.random.key(11), 3)
     want = jax.vmap(lambda k: jax.random.bits(k, (n,), jnp.uint32))(keys)
@@ -286,7 +289,7 @@ def test_unrolled_threefry_bits_equal_jax_random_bits(n):
 
 
 def test_host_permutations_equal_jax_permutation_without_partitionable_threefry():
-    from wsjax.fast import permutations
+    from wsjax.train.orders import permutations
 
     keys = jax.random.split(jax.random.key(5), 3)
     with jax.threefry_partitionable(False):
@@ -302,8 +305,8 @@ def test_speed_options_must_be_positive_and_known():
     for option in ("seed_block", "unroll", "eval_budget"):
         for bad in (0, -3):
             with pytest.raises(ConfigError, match=option):
-                make_fast_trainer(spec.make_module(), sgd_with_weight_decay, mse_sum,
-                                  spec.batch_size, **{option: bad})
+                BatchedTrainer(spec.make_module(), sgd_with_weight_decay, mse_sum,
+                               spec.batch_size, **{option: bad})
     with pytest.raises(ConfigError, match="unknown trainer option.*unrol"):
         make_trainer(ZooConfig(arch="ffnn", dataset="digits"), unrol=4)
     # checked on the plain path too; None means the default
@@ -329,8 +332,8 @@ def test_unrolled_step_loop_changes_speed_not_results(digits, name, n_train):
     state = once.init(jax.random.split(jax.random.key(11), 3), hp, x)
     want = once.train_epochs(state, hp, x, y, 1, 2)
     got = unrolled.train_epochs(state, hp, x, y, 1, 2)
-    assert {dict(k[2])["unroll"] for k in unrolled._programs if k[0] == "_all_epoch"} == {3}
-    assert {dict(k[2])["unroll"] for k in once._programs if k[0] == "_all_epoch"} == {1}
+    assert {dict(k[2])["unroll"] for k in unrolled.programs._cache if k[0] == "_all_epoch"} == {3}
+    assert {dict(k[2])["unroll"] for k in once.programs._cache if k[0] == "_all_epoch"} == {1}
 
     from jax.extend.core import jaxprs_in_params
 
@@ -382,9 +385,9 @@ def test_conv2_as_dense_matrix_equals_convolution():
 def test_ffnn_packed_weights_round_trip():
     """The FFNN's training-loop layout (members minor in the 10 x 10 layers) holds the same
     weights, and its hyperparameters broadcast along the member axis of each array."""
-    from wsjax.fast import FFNNKernels
+    from wsjax.train.kernels import FFNNKernels
 
-    kernels = fast_kernels(ARCHS["ffnn"].make_module())
+    kernels = hand_kernels(ARCHS["ffnn"].make_module())
     assert isinstance(kernels, FFNNKernels)
     rng = np.random.default_rng(0)
     w = tuple(jnp.asarray(rng.random((3, o, i), dtype=np.float32))
@@ -399,19 +402,18 @@ def test_ffnn_packed_weights_round_trip():
 
 def test_cpu_compile_options_change_speed_not_results(digits, monkeypatch):
     """Without the XLA options (an XLA that lacks them) the fast trainer computes the same."""
-    import wsjax.fast as fast
-
     if jax.default_backend() != "cpu":
         pytest.skip("the CPU compile options apply only where JAX's default backend is the CPU")
     x, y, xt, yt = shaped(small(digits, 40, n_test=30), "ffnn")
-    assert fast._compile_options() == fast._CPU_OPTIONS
-    assert fast._compile_options(True) == {**fast._CPU_OPTIONS, **fast._SHARDED_CPU_OPTIONS}
+    assert blocks.compile_options() == blocks._CPU_OPTIONS
+    assert blocks.compile_options(True) == {**blocks._CPU_OPTIONS,
+                                             **blocks._SHARDED_CPU_OPTIONS}
     _, trainer = both("ffnn")
     hp = trainer.broadcast_hparams(hparams("ffnn"), 3)
     state = trainer.init(jax.random.split(jax.random.key(5), 3), hp, x)
     runs = (lambda t: t.train_epochs(state, hp, x, y, 1, 1), lambda t: t.evaluate(state, xt, yt))
     with_options = [run(trainer) for run in runs]
-    monkeypatch.setattr(fast, "_compile_options", lambda sharded=False: None)
+    monkeypatch.setattr(blocks, "compile_options", lambda sharded=False: None)
     _, trainer = both("ffnn")
     for run, want in zip(runs, with_options, strict=True):
         for g, w in zip(jax.tree.leaves(run(trainer)), jax.tree.leaves(want), strict=True):
@@ -423,24 +425,24 @@ def test_accelerator_layout_runs_all_members_as_one_block(digits, name, monkeypa
     """Off the CPU the members are not cut into blocks and the test batch is not cut to a
     cache budget; checked by having the trainer take its platform for a CPU, then for an
     accelerator."""
-    import wsjax.fast as fast
+    import wsjax.train.core as core
 
     x, y, xt, yt = shaped(small(digits, 40, n_test=30), name)
     plain, _ = both(name)
-    trainer = make_fast_trainer(ARCHS[name].make_module(), sgd_with_weight_decay, mse_sum,
-                                ARCHS[name].batch_size, eval_batch_size=16, eval_budget=600)
+    trainer = BatchedTrainer(ARCHS[name].make_module(), sgd_with_weight_decay, mse_sum,
+                             ARCHS[name].batch_size, eval_batch_size=16, eval_budget=600)
     members = 5
     hp = plain.broadcast_hparams(hparams(name), members)
     state = plain.init(jax.random.split(jax.random.key(7), members), hp, x)
     assert trainer.block_size(cpu=True) == trainer.kernels.seed_block
     assert trainer.block_size(cpu=True, sharded=True) == trainer.kernels.sharded_seed_block
-    monkeypatch.setattr(fast, "_on_cpu", lambda tree: True)
+    monkeypatch.setattr(core, "on_cpu", lambda tree: True)
     assert trainer.eval_batch(state) < 16
-    monkeypatch.setattr(fast, "_on_cpu", lambda tree: False)
+    monkeypatch.setattr(core, "on_cpu", lambda tree: False)
     assert trainer.block_size(cpu=False) is None
     assert trainer.eval_batch(state) == 16
     got = trainer.train_epochs(state, hp, x, y, 1, 1), trainer.evaluate(state, xt, yt)
-    assert {dict(key[2])["block"] for key in trainer._programs} == {None}
+    assert {dict(key[2])["block"] for key in trainer.programs._cache} == {None}
     want = plain.train_epochs(state, hp, x, y, 1, 1), plain.evaluate(state, xt, yt)
     # products of another shape than in the other tests: summed in another order
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):

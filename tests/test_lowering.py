@@ -1,0 +1,125 @@
+"""Lowered layers (wsjax.train.lowering) against the plain Flax layers and JAX's derivatives."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from wsjax.train.lowering import lower
+
+TOL = dict(rtol=2e-5, atol=2e-5)
+
+
+def _check(module, x, lowered_away=("conv_general_dilated", "reduce_window")):
+    """Outputs and gradients (w.r.t. parameters and input) of `module` equal with and without
+    lowering, vmapped over 3 members; the lowered program has none of `lowered_away`."""
+    keys = jax.random.split(jax.random.key(0), 3)
+    params = jax.vmap(lambda k: module.init(k, x[0]))(keys)
+
+    def f(p, xi):
+        return module.apply(p, xi)
+
+    def loss(fn):
+        return lambda p, xi: jnp.sum(jnp.sin(fn(p, xi)))
+
+    for fn_a, fn_b in ((f, lower(f)),):
+        out_a = jax.vmap(fn_a)(params, x)
+        out_b = jax.vmap(fn_b)(params, x)
+        np.testing.assert_allclose(np.asarray(out_b), np.asarray(out_a), **TOL)
+        grad_a = jax.vmap(jax.grad(loss(fn_a), argnums=(0, 1)))(params, x)
+        grad_b = jax.vmap(jax.grad(loss(fn_b), argnums=(0, 1)))(params, x)
+        for a, b in zip(jax.tree.leaves(grad_a), jax.tree.leaves(grad_b), strict=True):
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), **TOL)
+    names = {e.primitive.name for e in jax.make_jaxpr(lower(f))(
+        jax.tree.map(lambda a: a[0], params), x[0]).jaxpr.eqns}
+    assert not any(n.startswith(away) for n in names for away in lowered_away), names
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("strides,padding,kernel,dilation", [
+    ((1, 1), "SAME", (3, 3), 1),
+    ((2, 2), ((1, 1), (1, 1)), (3, 3), 1),
+    ((2, 1), "VALID", (5, 3), 1),
+    ((1, 1), ((2, 0), (0, 1)), (3, 2), 2),
+    ((3, 3), "SAME", (4, 4), 1),
+])
+def test_conv_equals_flax_conv(bias, strides, padding, kernel, dilation):
+    module = nn.Conv(4, kernel, strides=strides, padding=padding, use_bias=bias,
+                     kernel_dilation=dilation)
+    x = jax.random.normal(jax.random.key(1), (3, 2, 11, 9, 3))
+    _check(module, x)
+
+
+def test_conv_1d_and_channels_first_layouts():
+    x = jax.random.normal(jax.random.key(2), (3, 2, 13, 3))
+    _check(nn.Conv(5, (4,), strides=(2,), padding="SAME"), x)
+
+    class ChannelsFirst(nn.Module):
+        @nn.compact
+        def __call__(self, x):                                          # [B, C, H, W]
+            w = self.param("w", nn.initializers.normal(), (6, x.shape[1], 3, 3))
+            return jax.lax.conv_general_dilated(x, w, (2, 2), ((1, 1), (0, 1)),
+                                                dimension_numbers=("NCHW", "OIHW", "NCHW"))
+
+    _check(ChannelsFirst(), jax.random.normal(jax.random.key(3), (3, 2, 3, 10, 8)))
+
+
+@pytest.mark.parametrize("pool", ["max", "avg"])
+@pytest.mark.parametrize("window,strides,padding", [
+    ((2, 2), (2, 2), "VALID"),       # windows tile the input (odd size: the rest dropped)
+    ((3, 3), (2, 2), "SAME"),        # overlapping windows
+    ((2, 3), (1, 2), "VALID"),
+    ((2, 2), (2, 2), ((1, 0), (0, 1))),
+])
+def test_pooling_equals_flax_pooling(pool, window, strides, padding):
+    fn = nn.max_pool if pool == "max" else nn.avg_pool
+
+    class Pool(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.Conv(3, (1, 1))(x)
+            return fn(x, window, strides, padding)
+
+    _check(Pool(), jax.random.normal(jax.random.key(4), (3, 2, 9, 7, 2)))
+
+
+def test_max_pool_gradient_goes_to_the_first_of_tied_maxima():
+    """Tied maxima (zeros of a ReLU, equal inputs): the gradient goes where JAX's own
+    derivative of max pooling sends it, the first maximum in row-major order."""
+    x = jnp.asarray(np.repeat(np.repeat(np.arange(4.0).reshape(1, 2, 2, 1), 2, 1), 2, 2))
+
+    def f(x):
+        return jnp.sum(nn.max_pool(x, (2, 2), (2, 2)) * jnp.arange(1.0, 5.0).reshape(1, 2, 2, 1))
+
+    np.testing.assert_array_equal(np.asarray(jax.grad(lower(f))(x)), np.asarray(jax.grad(f)(x)))
+    assert float(jnp.sum(jax.grad(lower(f))(x) != 0)) == 4  # one tap per window
+
+
+def test_nan_passes_through_lowered_max_pool():
+    x = jnp.zeros((1, 4, 4, 1)).at[0, 1, 1, 0].set(jnp.nan)
+    out = lower(lambda x: nn.max_pool(x, (2, 2), (2, 2)))(x)
+    assert np.isnan(np.asarray(out)[0, 0, 0, 0]) and np.isfinite(np.asarray(out)[0, 1, 1, 0])
+
+
+@pytest.mark.parametrize("features,bias", [(3, True), (40, False)])
+def test_dense_and_activations_equal_flax(features, bias):
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.Dense(features, use_bias=bias)(x)
+            x = nn.gelu(nn.sigmoid(nn.tanh(nn.relu(x)) + nn.leaky_relu(x)))
+            return nn.Dense(2)(nn.elu(x) + nn.softplus(x) + nn.silu(x))
+
+    _check(Net(), jax.random.normal(jax.random.key(5), (3, 4, 7)), lowered_away=())
+
+
+def test_paper_models_lower_to_no_convolution_or_window():
+    from wsjax.models import CNN, FFNN, LeNet
+
+    _check(CNN(), jax.random.uniform(jax.random.key(6), (3, 2, 14, 14, 1)))
+    _check(CNN(use_bias=True), jax.random.uniform(jax.random.key(7), (3, 2, 14, 14, 1)))
+    _check(FFNN(), jax.random.uniform(jax.random.key(8), (3, 2, 196)))
+    _check(LeNet(), jax.random.uniform(jax.random.key(9), (3, 2, 28, 28, 1)))
