@@ -8,19 +8,26 @@ elementwise operations and matrix products, which `vmap` turns into batched matr
 fused loops:
 
 - `conv_general_dilated` (any stride, padding, kernel dilation, layout): the input's windows
-  (strided slices of the padded input) times the kernel as a matrix;
-- `reduce_window_max` (max pooling): the maximum over the window's strided slices, taken
-  first-maximum-wins so that its derivative goes where JAX's own does;
-- `reduce_window_sum` (average and sum pooling): the sum of the window's strided slices;
-- `dot_general` of a small per-member matrix (`SMALL_DENSE`): broadcast products and a
-  reduction, which XLA fuses into one loop, where a batched product of tiny matrices would
-  call the matrix library once per member.
+  times the kernel as a matrix. On small maps the windows are strided slices and the input
+  gradient is a convolution of the dilated output gradient (a custom VJP, no scatter of
+  windows); on large maps (`LARGE_MAP` positions) the windows are one gather, whose
+  scatter-add derivative is cheaper there;
+- `reduce_window_max` (max pooling): where the windows tile the input, a reshape and a max,
+  the gradient sent to the first maximum of each window in row-major order, as JAX's own
+  derivative does (a custom VJP of one select per tap); elsewhere the maximum over the
+  window's strided slices, first maximum winning;
+- `reduce_window_sum` (average and sum pooling): a reshape and a sum, or the sum of the
+  window's strided slices;
+- `dot_general` of a per-member matrix: a small one (`SMALL_DENSE`) as broadcast products and
+  a reduction, which XLA fuses into one loop; a larger one as a product whose weight gradient
+  takes a materialized x^T (`matmul`), which the CPU's matrix library accepts.
 
 Everything else, and anything not covered (grouped or input-dilated convolutions, windows
 over the batch axis), is evaluated as it is. Gradients come from JAX's own differentiation of
 the rewritten program, so `jax.grad(lower(f))` is the derivative of `f` up to float32
 rounding. `lower` works on any JAX function, a Flax module's `apply` among them: it traces
-`fn` once per input shape and rewrites the traced program.
+`fn` once per input shape and rewrites the traced program. Which form is used where was chosen
+by profiles of training steps (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -88,6 +95,30 @@ def _evaluate(jaxpr, consts, args) -> list:
     return [read(v) for v in jaxpr.outvars]
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def matmul(x, w, precision=None):
+    """x [..., K] times w [K, O] -> [..., O], whose weight gradient x^T d is a product of a
+    row-major x^T: XLA would fold the transpose into the product, which the CPU's matrix
+    library then declines, and the product runs as a slow loop of XLA's own."""
+    return jnp.tensordot(x, w, 1, precision=precision)
+
+
+def _matmul_fwd(x, w, precision):
+    return jnp.tensordot(x, w, 1, precision=precision), (x, w)
+
+
+def _matmul_bwd(precision, res, d_out):
+    x, w = res
+    rows = x.reshape(-1, x.shape[-1])
+    x_t = lax.optimization_barrier(rows.T)                              # [K, M], materialized
+    d_w = jnp.dot(x_t, d_out.reshape(-1, d_out.shape[-1]), precision=precision)
+    d_x = jnp.tensordot(d_out, w, (-1, -1), precision=precision)
+    return d_x, d_w
+
+
+matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
 def _window_slices(x, window, strides, padding, dilation, pad_value):
     """The strided slices of padded `x` that a window op combines, one per window tap, in
     row-major tap order, each of the output's shape. `padding`: (low, high) per axis."""
@@ -102,11 +133,35 @@ def _window_slices(x, window, strides, padding, dilation, pad_value):
     return slices
 
 
+def _gathered_windows(x, window, strides, padding, dilation):
+    """x [N, *spatial, C] -> its windows [N, *out, T * C], taps row-major, channels minor, as
+    one gather from the padded input."""
+    spatial = len(window)
+    xp = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), *[(lo, hi, 0) for lo, hi in padding],
+                                              (0, 0, 0)])
+    grids = []
+    for i in range(spatial):
+        out = (xp.shape[1 + i] - (dilation[i] * (window[i] - 1) + 1)) // strides[i] + 1
+        index = (np.arange(out)[:, None] * strides[i]
+                 + np.arange(window[i])[None] * dilation[i])                  # [out_i, k_i]
+        shape = [1] * (2 * spatial)
+        shape[i], shape[spatial + i] = out, window[i]
+        grids.append(index.reshape(shape))
+    windows = xp[(slice(None), *grids)]                                      # [N, *out, *k, C]
+    return windows.reshape(*windows.shape[:1 + spatial], -1)
+
+
 def _patches(x, window, strides, padding, dilation):
-    """x [N, *spatial, C] -> its windows [N, *out, T * C], taps row-major, channels minor."""
+    """x [N, *spatial, C] -> its windows [N, *out, T * C], taps row-major, channels minor, as
+    a concatenation of strided slices."""
     taps = _window_slices(x, (1, *window, 1), (1, *strides, 1), [(0, 0), *padding, (0, 0)],
                           (1, *dilation, 1), 0)
     return jnp.concatenate(taps, axis=-1) if len(taps) > 1 else taps[0]
+
+
+# Output positions per example from which a convolution's windows are gathered rather than
+# sliced.
+LARGE_MAP = 64
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
@@ -158,8 +213,20 @@ def _conv(lhs, rhs, *, window_strides, padding, lhs_dilation, rhs_dilation, dime
     spatial = len(lhs_spec) - 2
     x = jnp.transpose(lhs, (lhs_spec[0], *lhs_spec[2:], lhs_spec[1]))     # [N, *sp, C]
     w = jnp.transpose(rhs, (*rhs_spec[2:], rhs_spec[1], rhs_spec[0]))     # [*k, C, O]
-    out = _conv_nhwc(x, w, tuple(window_strides), tuple(map(tuple, padding)),
-                     tuple(rhs_dilation), precision)                      # [N, *out, O]
+    window, padding = w.shape[:spatial], tuple(map(tuple, padding))
+    positions = np.prod([(n + lo + hi - (d * (k - 1) + 1)) // s + 1 for n, (lo, hi), k, s, d
+                         in zip(x.shape[1:-1], padding, window, window_strides, rhs_dilation,
+                                strict=True)])
+    if positions < LARGE_MAP:
+        # small maps: windows as slices, the input gradient as a convolution of the dilated
+        # output gradient (no scatter of windows)
+        out = _conv_nhwc(x, w, tuple(window_strides), padding, tuple(rhs_dilation),
+                         precision)                                       # [N, *out, O]
+    else:
+        # large maps: windows as one gather, whose derivative (a scatter-add) is cheaper
+        # there than windows of the dilated output gradient
+        windows = _gathered_windows(x, window, window_strides, padding, rhs_dilation)
+        out = jnp.tensordot(windows, w.reshape(-1, w.shape[-1]), 1, precision=precision)
     # our axes are (batch, spatial..., feature): spec entries 0, 2.., 1
     perm = [0] * out.ndim
     for ours, spec_index in enumerate((0, *range(2, spatial + 2), 1)):
@@ -186,27 +253,41 @@ def _tiled(operand, window, strides, padding, pad_value):
     return x.reshape(shape), tuple(axes)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _tiled_max(tiles, axes, first_tap):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _tiled_max(tiles, axes):
     """Max of `tiles` over its window `axes`; the gradient goes to the first maximum in
-    row-major tap order (`first_tap`: the taps' row-major numbers), as in JAX's derivative
-    of reduce_window_max."""
+    row-major tap order, as in JAX's derivative of reduce_window_max."""
     return jnp.max(tiles, axis=axes)
 
 
-def _tiled_max_fwd(tiles, axes, first_tap):
+def _tiled_max_fwd(tiles, axes):
     out = jnp.max(tiles, axis=axes)
     return out, (tiles, out)
 
 
-def _tiled_max_bwd(axes, first_tap, res, g):
+def _tiled_max_bwd(axes, res, g):
     tiles, out = res
-    tap = np.asarray(first_tap).reshape([tiles.shape[a] if a in axes else 1
-                                         for a in range(tiles.ndim)])
-    big = np.iinfo(np.int32).max
-    hit = jnp.expand_dims(out, axes) == tiles
-    first = jnp.min(jnp.where(hit, tap, big), axis=axes, keepdims=True)
-    return (jnp.where(tap == first, jnp.expand_dims(g, axes), 0).astype(tiles.dtype),)
+    # taps in row-major order, each taking the gradient where it is the first maximum
+    taken = jnp.zeros(out.shape, bool)
+    parts = []
+    zero = jnp.zeros((), g.dtype)
+    for tap in itertools.product(*(range(tiles.shape[a]) for a in axes)):
+        index = [slice(None)] * tiles.ndim
+        for a, t in zip(axes, tap, strict=True):
+            index[a] = t
+        hit = (tiles[tuple(index)] == out) & ~taken
+        taken = taken | hit
+        parts.append(jnp.where(hit, g, zero))
+    grad = jnp.stack(parts, axis=-1).reshape(*out.shape, *(tiles.shape[a] for a in axes))
+    # [*out, *window] -> the tiles' layout, each window axis after its output axis
+    order, window_axis = [], out.ndim
+    for a in range(tiles.ndim):
+        if a in axes:
+            order.append(window_axis)
+            window_axis += 1
+        else:
+            order.append(a - sum(1 for b in axes if b < a))
+    return (jnp.transpose(grad, order),)
 
 
 _tiled_max.defvjp(_tiled_max_fwd, _tiled_max_bwd)
@@ -220,8 +301,7 @@ def _pool_max(operand, *, window_dimensions, window_strides, padding, base_dilat
     tiled = _tiled(operand, window_dimensions, window_strides, padding, -jnp.inf)
     if tiled is not None:
         tiles, axes = tiled
-        taps = [tiles.shape[a] for a in axes]
-        return _tiled_max(tiles, axes, tuple(range(int(np.prod(taps)))))
+        return _tiled_max(tiles, axes)
     taps = _window_slices(operand, window_dimensions, window_strides, padding,
                           window_dilation, -jnp.inf)
     best = taps[0]
@@ -246,13 +326,18 @@ def _pool_sum(operand, *, window_dimensions, window_strides, padding, base_dilat
 
 
 def _dot(lhs, rhs, *, dimension_numbers, precision, preferred_element_type, **params):
-    """x [..., I] times a small matrix w [I, O] as sum(x[..., I, None] * w, -2)."""
+    """x [..., I] times a matrix w [I, O]: a small one as sum(x[..., I, None] * w, -2), a
+    larger one by `matmul`."""
     (lc, rc), (lb, rb) = dimension_numbers
     if (lb or rb or len(lc) != 1 or rhs.ndim != 2 or lc[0] != lhs.ndim - 1
-            or rhs.size > SMALL_DENSE or params.get("out_sharding") is not None
+            or params.get("out_sharding") is not None
             or not jnp.issubdtype(lhs.dtype, jnp.floating)):
         return None
     w = rhs if rc[0] == 0 else rhs.T
+    if rhs.size > SMALL_DENSE:
+        if preferred_element_type not in (None, lhs.dtype) or lhs.dtype != rhs.dtype:
+            return None
+        return matmul(lhs, w, precision)
     dtype = preferred_element_type or jnp.result_type(lhs, rhs)
     prod = lhs[..., :, None].astype(dtype) * w.astype(dtype)
     return jnp.sum(prod, axis=-2)
