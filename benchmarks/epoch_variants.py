@@ -9,7 +9,7 @@ the seeds sharded over all local devices as the zoo command does; the variants' 
 interleaved. Each repeat is one epoch of `--n-train` examples, its data orders included. The
 table gives model-steps/s (medians) and each variant's speed over the first one; "first epoch"
 is the wall time of the run that compiled it. The results do not depend on these options
-(tests/test_fast.py), only the speed: this is how their platform defaults are chosen.
+(tests/test_kernels.py), only the speed: this is how their platform defaults are chosen.
 `--json FILE` writes the rows and, per architecture, the fastest variant.
 """
 

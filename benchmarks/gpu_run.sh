@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The GPU figures of README "Training speed", on a machine where JAX (and PyTorch, for the
+# The GPU figures of docs/performance.md, on a machine where JAX (and PyTorch, for the
 # peers) see a GPU. Every stage writes its log (and JSON) into OUT_DIR and is cut off at its
 # time limit, so that one stage's trouble does not cost the others; the exit status is 1 if
 # any stage failed or ran out of time.
 #
 #   bash benchmarks/gpu_run.sh OUT_DIR [tests] [variants] [zoo] [table]   (default: all four)
 #
-#   tests     tests/test_fast.py on the GPU, the plain trainer's matrix products at full
+#   tests     the training core's tests on the GPU, the plain trainer's matrix products at full
 #             float32 precision (the fast kernels ask for it themselves)
 #   variants  benchmarks/epoch_variants.py: one epoch per --unroll setting (UNROLLS)
 #   zoo       benchmarks/zoo_time.py: the paper-size zoos, FFNN then CNN
@@ -56,7 +56,8 @@ for stage in $stages; do
     tests)
       step "tests"
       JAX_DEFAULT_MATMUL_PRECISION=highest run "${T_TESTS:-300}" "$out/tests.log" \
-        "$py" -m pytest -q -p no:cacheprovider tests/test_fast.py
+        "$py" -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_core.py \
+          tests/test_lowering.py
       ;;
     variants)
       step "variants"

@@ -122,4 +122,32 @@ def test_paper_models_lower_to_no_convolution_or_window():
     _check(CNN(), jax.random.uniform(jax.random.key(6), (3, 2, 14, 14, 1)))
     _check(CNN(use_bias=True), jax.random.uniform(jax.random.key(7), (3, 2, 14, 14, 1)))
     _check(FFNN(), jax.random.uniform(jax.random.key(8), (3, 2, 196)))
-    _check(LeNet(), jax.random.uniform(jax.random.key(9), (3, 2, 28, 28, 1)))
+    _check(LeNet(), jax.random.uniform(jax.random.key(9), (3, 1, 28, 28, 1)))
+
+
+@pytest.mark.parametrize("strides,padding,dilation", [
+    ((1, 1), ((1, 1), (1, 1)), (1, 1)),
+    ((2, 2), ((1, 1), (1, 1)), (1, 1)),
+    ((2, 3), ((0, 2), (1, 0)), (2, 1)),
+    ((3, 2), ((2, 2), (0, 0)), (1, 2)),
+])
+def test_convolution_vjp_equals_jax_derivative(strides, padding, dilation):
+    """The small-map form's custom VJP (input gradient as a convolution of the dilated output
+    gradient) against JAX's derivative of lax.conv_general_dilated."""
+    from wsjax.train.lowering import _conv_nhwc
+
+    x = jax.random.normal(jax.random.key(10), (2, 7, 6, 3))
+    w = jax.random.normal(jax.random.key(11), (3, 2, 3, 4))
+
+    def reference(x, w):
+        return jax.lax.conv_general_dilated(x, w, strides, padding, rhs_dilation=dilation,
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    def ours(x, w):
+        return _conv_nhwc(x, w, strides, padding, dilation, None)
+
+    np.testing.assert_allclose(np.asarray(ours(x, w)), np.asarray(reference(x, w)), **TOL)
+    got = jax.grad(lambda *v: jnp.sum(jnp.sin(ours(*v))), argnums=(0, 1))(x, w)
+    want = jax.grad(lambda *v: jnp.sum(jnp.sin(reference(*v))), argnums=(0, 1))(x, w)
+    for g, r in zip(got, want, strict=True):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r), **TOL)

@@ -329,11 +329,11 @@ class GeneralStep:
     over the epoch's steps. `block_outputs` gives the block's outputs on a shared test batch.
     """
 
-    # members per block on a CPU device: alone (its loops split over all cores), or with one
-    # device per core
-    seed_block = 16
-    sharded_seed_block = 16
-    eval_floats = None  # activations per test example and member: unknown for any model
+    # A block's members' weights and step activations fit in about this many floats (2 MiB,
+    # a core's L2 cache on common x86 CPUs), at most MAX_BLOCK members.
+    CACHE_FLOATS = 1 << 19
+    MAX_BLOCK = 16
+    eval_floats = None  # activations per test example and member: not needed here
 
     def __init__(self, apply_fn: Callable, make_optimizer: Callable, loss_fn: Callable,
                  batch_size: int):
@@ -341,6 +341,22 @@ class GeneralStep:
         self.make_optimizer = make_optimizer
         self.loss_fn = loss_fn
         self.batch_size = batch_size
+        self.seed_block = self.sharded_seed_block = self.MAX_BLOCK
+
+    def member_floats(self, params, example: Array) -> int:
+        """Floats of one member's weights and of the values of one forward pass on a batch:
+        params one member's (shapes suffice), example [1, ...]."""
+        batch = jax.ShapeDtypeStruct((self.batch_size, *example.shape[1:]), example.dtype)
+        jaxpr = jax.make_jaxpr(self.apply_fn)(params, batch).jaxpr
+        values = sum(int(np.prod(v.aval.shape)) for e in jaxpr.eqns for v in e.outvars)
+        return values + sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params))
+
+    def fit_block(self, params, example: Array) -> None:
+        """Sets the blocks to the most members (a power of two) whose working set fits
+        `CACHE_FLOATS`."""
+        fits = max(1, self.CACHE_FLOATS // self.member_floats(params, example))
+        self.seed_block = self.sharded_seed_block = min(self.MAX_BLOCK,
+                                                        1 << (fits.bit_length() - 1))
 
     @staticmethod
     def prepare(x: Array) -> Array:
@@ -414,6 +430,14 @@ class BatchedTrainer(PlainTrainer):
                                     self.make_optimizer, loss_fn, self.batch_size)
         self.orders = OrderSource()
         self.programs = Programs()
+
+    def init(self, keys, hparams: HParams, x_example: Array) -> MemberState:
+        state = super().init(keys, hparams, x_example)
+        if isinstance(self.step, GeneralStep):
+            one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype),
+                               state.params)
+            self.step.fit_block(one, jnp.asarray(x_example[:1]))
+        return state
 
     @property
     def kernels(self):

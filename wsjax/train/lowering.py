@@ -8,10 +8,9 @@ elementwise operations and matrix products, which `vmap` turns into batched matr
 fused loops:
 
 - `conv_general_dilated` (any stride, padding, kernel dilation, layout): the input's windows
-  times the kernel as a matrix. On small maps the windows are strided slices and the input
-  gradient is a convolution of the dilated output gradient (a custom VJP, no scatter of
-  windows); on large maps (`LARGE_MAP` positions) the windows are one gather, whose
-  scatter-add derivative is cheaper there;
+  (strided slices, concatenated) times the kernel as a matrix. On small output maps (under
+  `LARGE_MAP` positions) the input gradient is a convolution of the dilated output gradient
+  (a custom VJP); on larger ones it is JAX's derivative of the windows;
 - `reduce_window_max` (max pooling): where the windows tile the input, a reshape and a max,
   the gradient sent to the first maximum of each window in row-major order, as JAX's own
   derivative does (a custom VJP of one select per tap); elsewhere the maximum over the
@@ -133,24 +132,6 @@ def _window_slices(x, window, strides, padding, dilation, pad_value):
     return slices
 
 
-def _gathered_windows(x, window, strides, padding, dilation):
-    """x [N, *spatial, C] -> its windows [N, *out, T * C], taps row-major, channels minor, as
-    one gather from the padded input."""
-    spatial = len(window)
-    xp = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), *[(lo, hi, 0) for lo, hi in padding],
-                                              (0, 0, 0)])
-    grids = []
-    for i in range(spatial):
-        out = (xp.shape[1 + i] - (dilation[i] * (window[i] - 1) + 1)) // strides[i] + 1
-        index = (np.arange(out)[:, None] * strides[i]
-                 + np.arange(window[i])[None] * dilation[i])                  # [out_i, k_i]
-        shape = [1] * (2 * spatial)
-        shape[i], shape[spatial + i] = out, window[i]
-        grids.append(index.reshape(shape))
-    windows = xp[(slice(None), *grids)]                                      # [N, *out, *k, C]
-    return windows.reshape(*windows.shape[:1 + spatial], -1)
-
-
 def _patches(x, window, strides, padding, dilation):
     """x [N, *spatial, C] -> its windows [N, *out, T * C], taps row-major, channels minor, as
     a concatenation of strided slices."""
@@ -159,9 +140,9 @@ def _patches(x, window, strides, padding, dilation):
     return jnp.concatenate(taps, axis=-1) if len(taps) > 1 else taps[0]
 
 
-# Output positions per example from which a convolution's windows are gathered rather than
-# sliced.
-LARGE_MAP = 64
+# Output positions per example below which a convolution's input gradient is a convolution
+# of the dilated output gradient (a custom VJP) rather than JAX's derivative of its windows.
+LARGE_MAP = 16
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
@@ -218,14 +199,14 @@ def _conv(lhs, rhs, *, window_strides, padding, lhs_dilation, rhs_dilation, dime
                          in zip(x.shape[1:-1], padding, window, window_strides, rhs_dilation,
                                 strict=True)])
     if positions < LARGE_MAP:
-        # small maps: windows as slices, the input gradient as a convolution of the dilated
-        # output gradient (no scatter of windows)
+        # small maps: the input gradient as a convolution of the dilated output gradient
+        # (no sum of padded window gradients)
         out = _conv_nhwc(x, w, tuple(window_strides), padding, tuple(rhs_dilation),
                          precision)                                       # [N, *out, O]
     else:
-        # large maps: windows as one gather, whose derivative (a scatter-add) is cheaper
-        # there than windows of the dilated output gradient
-        windows = _gathered_windows(x, window, window_strides, padding, rhs_dilation)
+        # larger maps: JAX's own derivative of the windows (pads of the output gradient's
+        # windows, summed), cheaper there than windows of the dilated output gradient
+        windows = _patches(x, window, window_strides, padding, rhs_dilation)
         out = jnp.tensordot(windows, w.reshape(-1, w.shape[-1]), 1, precision=precision)
     # our axes are (batch, spatial..., feature): spec entries 0, 2.., 1
     perm = [0] * out.ndim
