@@ -19,7 +19,7 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=10
 
 # PyTorch is needed by the benchmarks only, never by `make test`.
 $(VENV)/.peers: $(VENV)/.installed

@@ -132,10 +132,10 @@ def fast_cnn_apply(pool_ceil: bool = False) -> Callable:
         for name in ("Conv_0", "Conv_1"):
             x = _conv3x3_s2(x, params[name]["kernel"])
             if "bias" in params[name]:
-                x = x + params[name]["bias"]
+                x = x + params[name]["bias"].reshape(1, 1, 1, -1)
             x = nn.leaky_relu(_max_pool(x, pool_ceil), 0.01)
         x = x.reshape((x.shape[0], -1)) @ params["Dense_0"]["kernel"]
-        return x + params["Dense_0"]["bias"] if "bias" in params["Dense_0"] else x
+        return x + params["Dense_0"]["bias"][None] if "bias" in params["Dense_0"] else x
 
     return apply
 

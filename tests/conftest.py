@@ -10,6 +10,14 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+def pytest_configure(config):
+    """JAX runs strictly in the tests: an implicit rank promotion (a [n] array silently
+    broadcast against [m, n]) is an error, so that shape mistakes fail here."""
+    import jax
+
+    jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
     value = os.environ.get("WSJAX_MNIST_DIR", "")

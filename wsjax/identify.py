@@ -13,7 +13,6 @@ the order of one lineage's checkpoints.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -457,7 +456,3 @@ def order_agreement(order: np.ndarray, true_position: np.ndarray) -> dict:
     rho = scipy.stats.spearmanr(pos, truth).statistic if len(order) > 1 else 1.0
     adj = float(np.mean(np.diff(rank_true) == 1)) if len(order) > 1 else 1.0
     return dict(kendall_tau=float(tau), spearman=float(rho), adjacent=adj)
-
-
-def to_json_text(obj) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True)

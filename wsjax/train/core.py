@@ -532,8 +532,8 @@ class BatchedTrainer(PlainTrainer):
             def body(totals, batch):
                 fb, yb, mb = batch
                 out = outputs(fb)                                           # [s, eb, C]
-                correct = jnp.sum((jnp.argmax(out, -1) == yb) * mb, axis=1)
-                loss = jnp.sum(jnp.where(mb, per_example(out, yb), 0.0), axis=1)
+                correct = jnp.sum((jnp.argmax(out, -1) == yb[None]) * mb[None], axis=1)
+                loss = jnp.sum(jnp.where(mb[None], per_example(out, yb), 0.0), axis=1)
                 return (totals[0] + correct, totals[1] + loss), None
 
             zeros = jnp.zeros((size,), jnp.float32)

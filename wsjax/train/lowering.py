@@ -320,6 +320,7 @@ def _dot(lhs, rhs, *, dimension_numbers, precision, preferred_element_type, **pa
             return None
         return matmul(lhs, w, precision)
     dtype = preferred_element_type or jnp.result_type(lhs, rhs)
+    w = w.reshape((1,) * (lhs.ndim - 1) + w.shape)
     prod = lhs[..., :, None].astype(dtype) * w.astype(dtype)
     return jnp.sum(prod, axis=-2)
 
