@@ -107,10 +107,9 @@ class FFNNKernels:
 
     names = ("Dense_0", "Dense_1", "Dense_2")
     # Members per block on a CPU device. Alone in its process a device's large loops are split
-    # over all cores, which pays for large blocks (64: 1.14x the speed of 8 on 2 cores). With
-    # one device per core (sharded) a block runs on one core and 8 members, one AVX2 vector
-    # across the member-minor layers, keep the first layer's weights and momentum (125 kB)
-    # in the core's L2 cache: 1.10-1.20x the speed of 64 (README, Training speed).
+    # over all cores, which pays for large blocks. With one device per core (sharded) a block
+    # runs on one core, and 8 members, one AVX2 vector across the member-minor layers, keep
+    # the first layer's weights and momentum in the core's L2 cache (docs/performance.md).
     seed_block = 64
     sharded_seed_block = 8
     member_axes = (0, 2, 2)  # of the packed weights
@@ -196,13 +195,12 @@ class CNNKernels:
 
     The second conv (3x3xc1 -> 2x2xc2) runs as a dense [9 c1, 4 c2] matrix per member: as many
     multiply-adds as its patches times the kernel (each output's patch is 9 c1 long, padding
-    included), but no patches to cut and no scatter-add of their gradient (1.4x the speed of
-    the patch version on one core).
+    included), but no patches to cut and no scatter-add of their gradient.
     """
 
     names = ("Conv_0", "Conv_1", "Dense_0")
-    seed_block = 16  # members per block: about the fastest of 8 to 64 on a 2-core CPU
-    sharded_seed_block = 16  # with one device per core: 8 and 16 alike, 32 0.86x
+    seed_block = 16  # members per block, measured among 8 to 64 (docs/performance.md)
+    sharded_seed_block = 16
     member_axes = (0, 0, 0)
 
     def __init__(self, module: CNN):
@@ -270,7 +268,7 @@ class CNNKernels:
         d_z2 = jnp.concatenate([d_m2 * mk for mk in masks2], axis=-1)    # [S, B, 4 * c2]
         # a1 transposed, computed again from m1 rather than transposed: a transpose would be
         # folded into the product, which the matrix library then rejects (it wants a row-major
-        # left operand) and XLA runs as a slow loop of its own (1.1x the CNN's speed here).
+        # left operand) and XLA runs as a slow loop of its own.
         a1t = _leaky(jnp.swapaxes(m1.reshape(a1.shape), 1, 2), self.slope)   # [S, 9 * c1, B]
         g2 = _conv2_fold(_bmm("skb,sbn->skn", a1t, d_z2))
         d_a1 = _bmm("sbn,skn->sbk", d_z2, big).reshape(m1.shape)        # [S, B, 9, c1]

@@ -36,11 +36,10 @@ def _shuffle_rows(sort_keys: np.ndarray) -> np.ndarray:
     round a stable sort of the current order by that round's keys.
 
     A key and its position packed into one unique 64-bit word make an unstable sort give the
-    stable order (NumPy's SIMD sort of 64-bit words is several times faster than a stable sort
-    of uint32). The key's top bit is flipped and the word sorted as a signed integer, which
-    keeps the order: NumPy sorts int64 faster than uint64 (a row of 4,000: 1.6x; the whole
-    shuffle of 250 rows 1.3x at 4,000 and 1.15x at 60,000). One row at a time, so that its [n]
-    arrays stay in cache: 2.8x faster than whole-array passes for 250 rows of 60,000.
+    stable order (NumPy's SIMD sort of 64-bit words is faster than a stable sort of uint32).
+    The key's top bit is flipped and the word sorted as a signed integer, which keeps the
+    order: NumPy sorts int64 faster than uint64. One row at a time, so that its [n] arrays stay
+    in cache.
     """
     rounds, members, n = sort_keys.shape
     if rounds == 0:
@@ -90,8 +89,7 @@ def _threefry_bits(key: Array, n: int) -> Array:
     output words xor-ed.
 
     JAX's CPU lowering of the hash keeps its rounds in a loop over whole arrays, a pass through
-    memory per round; unrolled here, XLA fuses the 20 rounds into one loop (4-5x faster on a
-    CPU, where drawing the sort keys of 250 orders of 60,000 rows had taken 0.8 s per epoch).
+    memory per round; unrolled here, XLA fuses the 20 rounds into one loop.
     """
     k1, k2 = jax.random.key_data(key)
     ks = (k1, k2, k1 ^ k2 ^ np.uint32(0x1BD11BDA))
