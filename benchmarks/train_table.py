@@ -43,13 +43,25 @@ TRAINERS = ("wsjax-fast", "wsjax-fast-1", "wsjax-general", "wsjax-plain", "torch
 # Rows: the paper's two models (hand kernels; wsjax-general is the general path on them), and
 # three models a user might bring, which only the general path trains.
 # name -> (input shape, batch, optimizer, loss, learning rate, momentum, weight decay)
-ROWS = {
-    "ffnn": ((196,), 4, "sgd", "mse", 0.03, 0.9, 3e-4),
-    "cnn": ((14, 14, 1), 12, "sgd", "mse", 3e-4, 0.9, 0.1),
-    "cnn-bias": ((14, 14, 1), 12, "sgd", "mse", 3e-4, 0.9, 0.1),
+USER_ROWS = {
     "mlp": ((196,), 32, "adam", "xent", 1e-3, 0.0, 0.0),
     "lenet": ((28, 28, 1), 32, "adam", "xent", 1e-3, 0.0, 0.0),
 }
+ROWS = ("ffnn", "cnn", "cnn-bias", *USER_ROWS)
+
+
+def row_settings(row: str) -> tuple:
+    """A row's (input shape, batch, optimizer, loss, learning rate, momentum, weight decay):
+    the paper's models (and the CNN with biases) with their Table 1 SGD settings."""
+    if row in USER_ROWS:
+        return USER_ROWS[row]
+    from wsjax.models import get_arch
+
+    spec = get_arch(row.removesuffix("-bias"))
+    return (spec.input_shape, spec.batch_size, "sgd", "mse", spec.learning_rate,
+            spec.momentum, spec.weight_decay)
+
+
 PAPER_ROWS = ("ffnn", "cnn")
 
 
@@ -63,7 +75,7 @@ def flax_module(row: str):
 def random_data(arch: str, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """float32 inputs [n, 196] or [n, 14, 14, 1] in [0, 1) and int32 labels [n]."""
     rng = np.random.default_rng(seed)
-    x = rng.random((n, *ROWS[arch][0]), dtype=np.float32)
+    x = rng.random((n, *row_settings(arch)[0]), dtype=np.float32)
     return x, rng.integers(0, 10, n).astype(np.int32)
 
 
@@ -85,7 +97,7 @@ def check_n_train(archs: list[str], n_train: int) -> None:
     from wsjax.errors import ConfigError
 
     for arch in archs:
-        batch = ROWS[arch][1]
+        batch = row_settings(arch)[1]
         if n_train < batch:
             raise ConfigError(f"--n-train {n_train} is less than one {arch} batch ({batch}); "
                               f"give at least {batch}")
@@ -109,7 +121,7 @@ def wsjax_runner(arch: str, seeds: int, steps: int, fast: bool, devices: int = 1
     from wsjax.sharding import seed_mesh, shard_members
     from wsjax.zoo import member_keys
 
-    shape, batch, opt, loss, lr, momentum, decay = ROWS[arch]
+    shape, batch, opt, loss, lr, momentum, decay = row_settings(arch)
     members = -(-seeds // devices) * devices
     optimizer = wt.sgd_with_weight_decay if opt == "sgd" else (
         lambda hp: optax.adam(hp.learning_rate))
@@ -188,7 +200,7 @@ def _torch_setup(arch: str, seeds: int, steps: int, device: str = "cpu"):
     `device`. Targets: one-hot for the MSE rows, class indices for cross-entropy."""
     import torch
 
-    spec = ROWS[arch]
+    spec = row_settings(arch)
     x, y = random_data(arch, steps * spec[1])
     x = torch.from_numpy(x)
     if x.ndim == 4:
@@ -339,7 +351,7 @@ def _torch_version() -> str | None:
 def measure_memory(arch: str, seeds: int, n_train: int) -> dict:
     """Peak resident memory of a process that trains a fast wsjax zoo for one epoch."""
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    run = wsjax_runner(arch, seeds, n_train // ROWS[arch][1], True,
+    run = wsjax_runner(arch, seeds, n_train // row_settings(arch)[1], True,
                        len(jax_devices()))
     run()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

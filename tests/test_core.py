@@ -14,7 +14,7 @@ import optax
 import pytest
 from test_train import small
 
-from wsjax.models import CNN, FFNN, MLP, LeNet
+from wsjax.models import ARCHS, CNN, FFNN, MLP, LeNet
 from wsjax.train import (
     BatchedTrainer,
     HParams,
@@ -31,16 +31,20 @@ def adam(hp: HParams) -> optax.GradientTransformation:
     return optax.adam(hp.learning_rate)
 
 
+def paper(arch: str, module):
+    """A paper architecture's row of MODELS, with its Table 1 settings."""
+    spec = ARCHS[arch]
+    return (module, sgd_with_weight_decay, mse_sum, spec.batch_size,
+            HParams(spec.learning_rate, spec.momentum, spec.weight_decay), spec.input_shape)
+
+
 # name -> (module, optimizer, loss, batch size, hyperparameters, input shape)
 MODELS = {
-    "paper-ffnn": (FFNN(), sgd_with_weight_decay, mse_sum, 4, HParams(0.03, 0.9, 3e-4),
-                   (196,)),
-    "paper-cnn": (CNN(), sgd_with_weight_decay, mse_sum, 12, HParams(3e-4, 0.9, 0.1),
-                  (14, 14, 1)),
+    "paper-ffnn": paper("ffnn", FFNN()),
+    "paper-cnn": paper("cnn", CNN()),
     "mlp-adam": (MLP(), adam, softmax_cross_entropy, 8, HParams(1e-3), (196,)),
     "lenet": (LeNet(), adam, softmax_cross_entropy, 8, HParams(1e-3), (28, 28, 1)),
-    "paper-cnn-bias": (CNN(use_bias=True), sgd_with_weight_decay, mse_sum, 12,
-                       HParams(3e-4, 0.9, 0.1), (14, 14, 1)),
+    "paper-cnn-bias": paper("cnn", CNN(use_bias=True)),
 }
 
 

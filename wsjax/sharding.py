@@ -7,10 +7,10 @@ sharding, so each device trains its own members. A member count not divisible by
 count is padded with copies of the last member, which are dropped from the output.
 
 Many hosts: every process calls `jax.distributed.initialize` and then
-`wsjax.zoo.run_zoo_sharded`. The
-members are split into contiguous blocks, one per process; each process trains its block on its
-own devices (a local seed mesh) and writes only its own shard. Members never interact, so no
-cross-process collective is needed: the coordinator handshake only assigns process indices.
+`wsjax.zoo.run_zoo_sharded`. The members are split into contiguous blocks, one per process;
+each process trains its block on its own devices (a local seed mesh) and writes only its own
+shard. Members never interact, so no cross-process collective is needed: the coordinator
+handshake only assigns process indices.
 
 Sharded run directory:
 

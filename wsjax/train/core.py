@@ -52,6 +52,7 @@ from jax.flatten_util import ravel_pytree
 
 from wsjax.data import Dataset
 from wsjax.errors import ConfigError
+from wsjax.store import split_chunks
 from wsjax.train.blocks import (
     Programs,
     member_blocks,
@@ -278,9 +279,7 @@ class PlainTrainer:
         x_te, y_te = jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test)
         parts = []
         bar = _progress(epochs * -(-members // chunk), progress, "training")
-        for lo in range(0, members, chunk):
-            idx = np.arange(lo, min(lo + chunk, members))
-            padded = np.concatenate([idx, np.full(chunk - len(idx), idx[-1])])
+        for idx, padded in split_chunks(members, chunk):
             hp_c = jax.tree.map(lambda v, p=padded: v[p], hp)
             state = self.init(key_data[padded], hp_c, x_tr)
             snaps = [self.flat_params(state)[:, None]]
@@ -307,8 +306,6 @@ class PlainTrainer:
         snaps, acc, tl, trl, fin = (np.concatenate(p) for p in zip(*parts, strict=True))
         return ZooResult(snaps.astype(np.float32), acc.astype(np.float32),
                          tl.astype(np.float32), trl.astype(np.float32), diverged_epochs(fin))
-
-
 
 
 def _rate(members: int, steps: int, seconds: float) -> str:
@@ -342,6 +339,7 @@ class GeneralStep:
         self.loss_fn = loss_fn
         self.batch_size = batch_size
         self.seed_block = self.sharded_seed_block = self.MAX_BLOCK
+        self._fitted_for = None  # the shapes fit_block last sized the blocks for
 
     def member_floats(self, params, example: Array) -> int:
         """Floats of one member's weights and of the values of one forward pass on a batch:
@@ -353,7 +351,13 @@ class GeneralStep:
 
     def fit_block(self, params, example: Array) -> None:
         """Sets the blocks to the most members (a power of two) whose working set fits
-        `CACHE_FLOATS`."""
+        `CACHE_FLOATS`; traced once per parameter and example shapes (every chunk of a run
+        calls it)."""
+        shapes = (jax.tree.map(lambda a: (a.shape, a.dtype), params), example.shape,
+                  example.dtype)
+        if shapes == self._fitted_for:
+            return
+        self._fitted_for = shapes
         fits = max(1, self.CACHE_FLOATS // self.member_floats(params, example))
         self.seed_block = self.sharded_seed_block = min(self.MAX_BLOCK,
                                                         1 << (fits.bit_length() - 1))

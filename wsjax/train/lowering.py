@@ -52,14 +52,16 @@ def lower(fn: Callable) -> Callable:
     """`fn` with its convolutions, pooling windows and small matrix products rewritten (see the
     module docstring); same signature, same results to float32 rounding."""
 
+    def call(tree, *leaves):
+        args, kwargs = jax.tree.unflatten(tree, leaves)
+        return fn(*args, **kwargs)
+
     @functools.wraps(fn)
     def lowered(*args, **kwargs):
         flat, tree = jax.tree.flatten((args, kwargs))
         specs = [jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)) for a in flat]
-        closed, out_shape = jax.make_jaxpr(
-            lambda *leaves: fn(*jax.tree.unflatten(tree, leaves)[0],
-                               **jax.tree.unflatten(tree, leaves)[1]),
-            return_shape=True)(*specs)
+        closed, out_shape = jax.make_jaxpr(functools.partial(call, tree),
+                                           return_shape=True)(*specs)
         outs = _evaluate(closed.jaxpr, closed.consts, flat)
         return jax.tree.unflatten(jax.tree.structure(out_shape), outs)
 
@@ -99,7 +101,7 @@ def matmul(x, w, precision=None):
     """x [..., K] times w [K, O] -> [..., O], whose weight gradient x^T d is a product of a
     row-major x^T: XLA would fold the transpose into the product, which the CPU's matrix
     library then declines, and the product runs as a slow loop of XLA's own."""
-    return jnp.tensordot(x, w, 1, precision=precision)
+    return _matmul_fwd(x, w, precision)[0]
 
 
 def _matmul_fwd(x, w, precision):
@@ -118,11 +120,16 @@ def _matmul_bwd(precision, res, d_out):
 matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
+def _positions(size: int, window: int, stride: int, dilation: int) -> int:
+    """Window positions along an axis of `size` (padding included)."""
+    return (size - (dilation * (window - 1) + 1)) // stride + 1
+
+
 def _window_slices(x, window, strides, padding, dilation, pad_value):
     """The strided slices of padded `x` that a window op combines, one per window tap, in
     row-major tap order, each of the output's shape. `padding`: (low, high) per axis."""
     x = lax.pad(x, jnp.asarray(pad_value, x.dtype), [(lo, hi, 0) for lo, hi in padding])
-    out_shape = [(n - ((w - 1) * d + 1)) // s + 1
+    out_shape = [_positions(n, w, s, d)
                  for n, w, s, d in zip(x.shape, window, strides, dilation, strict=True)]
     slices = []
     for tap in itertools.product(*(range(w) for w in window)):
@@ -195,7 +202,7 @@ def _conv(lhs, rhs, *, window_strides, padding, lhs_dilation, rhs_dilation, dime
     x = jnp.transpose(lhs, (lhs_spec[0], *lhs_spec[2:], lhs_spec[1]))     # [N, *sp, C]
     w = jnp.transpose(rhs, (*rhs_spec[2:], rhs_spec[1], rhs_spec[0]))     # [*k, C, O]
     window, padding = w.shape[:spatial], tuple(map(tuple, padding))
-    positions = np.prod([(n + lo + hi - (d * (k - 1) + 1)) // s + 1 for n, (lo, hi), k, s, d
+    positions = np.prod([_positions(n + lo + hi, k, s, d) for n, (lo, hi), k, s, d
                          in zip(x.shape[1:-1], padding, window, window_strides, rhs_dilation,
                                 strict=True)])
     if positions < LARGE_MAP:
@@ -238,7 +245,7 @@ def _tiled(operand, window, strides, padding, pad_value):
 def _tiled_max(tiles, axes):
     """Max of `tiles` over its window `axes`; the gradient goes to the first maximum in
     row-major tap order, as in JAX's derivative of reduce_window_max."""
-    return jnp.max(tiles, axis=axes)
+    return _tiled_max_fwd(tiles, axes)[0]
 
 
 def _tiled_max_fwd(tiles, axes):
