@@ -147,6 +147,17 @@ def test_metrics_mixed_cluster_and_singleton():
     assert m.mean_ordered_initial == 2.0
 
 
+def test_dominant_model_of_each_cluster_by_hand():
+    from wsjax.analysis.metrics import dominant_models
+
+    labels = np.array([5, 5, 5, 2, 2, 9])
+    models = np.array([30, 10, 30, 40, 10, 7])  # cluster 2 ties 10 / 40: the smaller id wins
+    dom = dominant_models(labels, models)
+    assert list(dom.clusters) == [2, 5, 9] and list(dom.model) == [10, 30, 7]
+    assert list(dom.count) == [1, 2, 1] and list(dom.size) == [2, 3, 1]
+    assert list(dom.own) == [True, False, True, False, True, True]
+
+
 def test_tables_end_to_end_on_a_tiny_zoo(tmp_path, capsys):
     import json
 

@@ -20,7 +20,7 @@ from wsjax.identify import (
     order_checkpoints,
     save_index,
 )
-from wsjax.store import load_zoo
+from wsjax.store import load_zoo, trajectory_points
 from wsjax.zoo import ZooConfig, run_zoo
 
 SEEDS, EPOCHS, EXTRA = 6, 8, 4
@@ -42,10 +42,27 @@ def zoos(tmp_path_factory):
 
 
 def _even_index(zoo, svd=None):
-    ep = np.arange(0, EPOCHS + 1, 2)
-    x = np.asarray(zoo.snapshots[:, ep]).reshape(-1, zoo.snapshots.shape[-1])
-    m = np.repeat(np.arange(SEEDS), len(ep))
-    return build_index(x, m, np.tile(ep, SEEDS), [f"seed{s}" for s in zoo.seeds], svd=svd)
+    points = trajectory_points(zoo.snapshots, np.arange(SEEDS), np.arange(0, EPOCHS + 1, 2))
+    return build_index(*points, [f"seed{s}" for s in zoo.seeds], svd=svd)
+
+
+def test_evaluation_of_straight_trajectories_by_hand():
+    """Models on parallel lines far apart, equal steps: every odd epoch lies halfway along its
+    even segment (epoch exact), and a line elsewhere is never accepted."""
+    from wsjax.evaluation import evaluate, evaluate_order
+
+    e = np.arange(11.0)
+    def line(offset):
+        return np.stack([e, np.full_like(e, offset), np.zeros_like(e)], axis=1)
+    known = np.stack([line(0.0), line(100.0)])                        # [2, 11, 3]
+    unseen = np.stack([line(50.0)])
+    r = evaluate(known, unseen, epochs=8, extra=2, svd=None)
+    assert r["holdout_model_acc"] == 1.0 and r["holdout_accepted"] == 1.0
+    assert r["holdout_epoch_mae"] < 1e-9
+    assert r["unseen_false_accept"] == 0.0 and r["unseen_n"] == 8
+    assert [row["extra"] for row in r["beyond_full"]] == [1, 2]
+    # a line with equal steps has no direction: the order is found up to reversal
+    assert abs(evaluate_order(known, epochs=8)["endpoint"]["kendall_tau"]) == 1.0
 
 
 @pytest.mark.parametrize("svd", [None, 10])

@@ -32,16 +32,6 @@ def assert_not_blank(png_path):
     assert len(colours) > 20 and img.std() > 0.02
 
 
-def test_select_points_is_model_major_and_skips_init():
-    snaps = np.arange(2 * 4 * 3, dtype=np.float32).reshape(2, 4, 3)
-    x, model, epoch = plots.select_points(snaps)
-    assert x.shape == (6, 3) and list(model) == [0, 0, 0, 1, 1, 1]
-    assert list(epoch) == [1, 2, 3, 1, 2, 3]
-    np.testing.assert_array_equal(x[4], snaps[1, 2])
-    x0, _, epoch0 = plots.select_points(snaps, include_init=True, models=np.array([1]))
-    assert list(epoch0) == [0, 1, 2, 3] and np.array_equal(x0[0], snaps[1, 0])
-
-
 def test_weight_stats_points_match_numpy(tiny_zoo, tmp_path):
     last = np.asarray(tiny_zoo.snapshots[:, -1])
     fig, info = plots.plot_weight_stats(last, tiny_zoo.test_accuracy[:, -1])
@@ -55,7 +45,7 @@ def test_weight_stats_points_match_numpy(tiny_zoo, tmp_path):
 
 
 def test_umap_draws_one_trajectory_per_model(tiny_zoo, tmp_path):
-    x, model, epoch = plots.select_points(tiny_zoo.snapshots)
+    x, model, epoch = tiny_zoo.points()
     fig, info = plots.plot_umap(x, model, epoch, "umap", random_state=0)
     lines = [ln for ln in fig.axes[0].get_lines() if str(ln.get_gid()).startswith("trajectory")]
     assert info["n_lines"] == SEEDS == len(lines)
@@ -66,7 +56,7 @@ def test_umap_draws_one_trajectory_per_model(tiny_zoo, tmp_path):
 
 
 def test_dendrogram_colours_match_scipy_clustering(tiny_zoo, tmp_path):
-    x, model, epoch = plots.select_points(tiny_zoo.snapshots)
+    x, model, epoch = tiny_zoo.points()
     fig, info = plots.plot_dendrogram(x, model, epoch, "dendrogram")
     assert info["models"] == list(plots.choose_models(model, 5)) and len(info["models"]) == 5
     assert info["n_leaves"] == 5 * EPOCHS
@@ -81,7 +71,7 @@ def test_dendrogram_colours_match_scipy_clustering(tiny_zoo, tmp_path):
 
 
 def test_dendrogram_detail_labels_leaves_by_epoch(tiny_zoo, tmp_path):
-    x, model, epoch = plots.select_points(tiny_zoo.snapshots)
+    x, model, epoch = tiny_zoo.points()
     fig, info = plots.plot_dendrogram(x, model, epoch, detail=True)
     ticks = sorted(int(t.get_text()) for t in fig.axes[0].get_xticklabels())
     assert ticks == list(range(1, EPOCHS + 1)) and len(info["models"]) == 1

@@ -8,53 +8,55 @@ import numpy as np
 import optax
 import pytest
 
-from experiments.reproduction import (
-    VARIANTS,
-    PaperCNN,
-    fast_cnn_apply,
-    kernel_mask,
-    main,
-    make_optimizer,
-    readings,
-    run_variant,
-)
+from experiments.reproduction import main
+from wsjax.analysis.reproduction import dead_features, jump_count, readings, step_ratio
 from wsjax.analysis.tables import zoo_tables_detail
-from wsjax.errors import ConfigError
+from wsjax.errors import ConfigError, RunDirError
 from wsjax.models import CNN
 from wsjax.store import Zoo, load_zoo
+from wsjax.train import kernel_mask, make_sgd
+from wsjax.variants import VARIANTS
+from wsjax.zoo import run_zoo
 
 
-@pytest.mark.parametrize("use_bias,pool_ceil", [(False, False), (True, False), (True, True)])
-def test_fast_apply_is_the_flax_module(use_bias, pool_ceil):
-    x = jax.random.normal(jax.random.key(1), (5, 14, 14, 1))
-    module = PaperCNN(use_bias=use_bias, pool_ceil=pool_ceil)
+def _numpy_cnn(params, x, ceil):
+    """The CNN written out in numpy: conv 3x3 stride 2 pad 1 (+ bias), 2x2 max-pool (floor or
+    ceil), LeakyReLU, twice, then the dense layer. x [B, 14, 14, 1]."""
+    x = np.asarray(x, np.float64)
+    for name in ("Conv_0", "Conv_1"):
+        k = np.asarray(params[name]["kernel"], np.float64)                 # [3, 3, C, O]
+        b, h, w, _ = x.shape
+        xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        oh, ow = (h + 1) // 2, (w + 1) // 2
+        y = np.zeros((b, oh, ow, k.shape[-1]))
+        for i in range(oh):
+            for j in range(ow):
+                y[:, i, j] = np.einsum("bhwc,hwco->bo", xp[:, 2 * i:2 * i + 3, 2 * j:2 * j + 3], k)
+        y = y + np.asarray(params[name].get("bias", 0.0))
+        ph, pw = ((oh + 1) // 2, (ow + 1) // 2) if ceil else (oh // 2, ow // 2)
+        pooled = np.array([[y[:, 2 * i:2 * i + 2, 2 * j:2 * j + 2].max(axis=(1, 2))
+                            for j in range(pw)] for i in range(ph)]).transpose(2, 0, 1, 3)
+        x = np.where(pooled > 0, pooled, 0.01 * pooled)
+    d = params["Dense_0"]
+    return x.reshape(x.shape[0], -1) @ np.asarray(d["kernel"]) + np.asarray(d.get("bias", 0.0))
+
+
+@pytest.mark.parametrize("use_bias,pool_ceil", [(False, False), (True, True)])
+def test_cnn_options_equal_the_model_written_out(use_bias, pool_ceil):
+    x = jax.random.normal(jax.random.key(1), (4, 14, 14, 1))
+    module = CNN(use_bias=use_bias, pool_ceil=pool_ceil)
     params = module.init(jax.random.key(0), x)["params"]
-    want = module.apply({"params": params}, x)
-    got = fast_cnn_apply(pool_ceil)(params, x)
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
-
-
-def test_default_paper_cnn_is_the_project_cnn():
-    x = jnp.zeros((1, 14, 14, 1))
-    a = PaperCNN().init(jax.random.key(3), x)["params"]
-    b = CNN().init(jax.random.key(3), x)["params"]
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
-
-
-def test_ceil_pooling_keeps_the_odd_edge():
-    x = jnp.arange(49.0).reshape(1, 7, 7, 1)
-    module = PaperCNN(pool_ceil=True)
-    params = module.init(jax.random.key(0), jnp.zeros((1, 14, 14, 1)))["params"]
-    # 14 -> conv 7 -> ceil pool 4 -> conv 2 -> pool 1: still 8 features into the dense layer
+    # 14 -> conv 7 -> pool 3 (ceil: 4) -> conv 2 -> pool 1: 8 features into the dense layer
     assert params["Dense_0"]["kernel"].shape == (8, 10)
-    from experiments.reproduction import _max_pool
+    np.testing.assert_allclose(np.asarray(module.apply({"params": params}, x)),
+                               _numpy_cnn(params, x, pool_ceil), rtol=1e-4, atol=1e-5)
 
-    pooled = np.asarray(_max_pool(x, ceil=True))[0, :, :, 0]
-    assert pooled.shape == (4, 4)
-    assert pooled[3, 3] == 48.0 and pooled[0, 3] == 13.0 and pooled[3, 0] == 43.0
-    assert np.asarray(_max_pool(x, ceil=False)).shape == (1, 3, 3, 1)
+
+def test_biases_start_as_pytorch_s_default():
+    params = CNN(use_bias=True).init(jax.random.key(0), jnp.zeros((1, 14, 14, 1)))["params"]
+    for name, fan_in in (("Conv_0", 9), ("Conv_1", 9 * 16), ("Dense_0", 8)):
+        bias = np.asarray(params[name]["bias"])
+        assert np.abs(bias).max() <= 1 / np.sqrt(fan_in) and np.abs(bias).max() > 0
 
 
 def _hand_sgd(w, g, lr, m, wd, coupling, steps, decay_mask):
@@ -79,7 +81,7 @@ def test_optimizer_matches_the_update_written_out(decay, coupling):
     rng = np.random.default_rng(0)
     w = {"kernel": rng.normal(size=3), "bias": rng.normal(size=2)}
     g = {"kernel": rng.normal(size=3), "bias": rng.normal(size=2)}
-    opt = make_optimizer(decay, coupling)(HParams(0.1, 0.9, 0.5))
+    opt = make_sgd(decay, coupling)(HParams(0.1, 0.9, 0.5))
     params = {"Dense_0": {k: jnp.asarray(v, jnp.float32) for k, v in w.items()}}
     grads = {"Dense_0": {k: jnp.asarray(v, jnp.float32) for k, v in g.items()}}
     state = opt.init(params)
@@ -93,7 +95,7 @@ def test_optimizer_matches_the_update_written_out(decay, coupling):
 
 
 def test_kernel_mask_leaves_biases_out():
-    params = PaperCNN(use_bias=True).init(jax.random.key(0), jnp.zeros((1, 14, 14, 1)))["params"]
+    params = CNN(use_bias=True).init(jax.random.key(0), jnp.zeros((1, 14, 14, 1)))["params"]
     mask = kernel_mask(params)
     assert mask.shape == (1376 + 16 + 8 + 10,) and int(mask.sum()) == 1376
 
@@ -101,9 +103,9 @@ def test_kernel_mask_leaves_biases_out():
 @pytest.fixture(scope="module")
 def bias_run(tmp_path_factory, digits):
     out = tmp_path_factory.mktemp("variants") / "bias_decay_kernels"
-    zoo = run_variant(VARIANTS["bias_decay_kernels"], digits, out, seeds=3, epochs=2,
-                      log=lambda *_: None)
-    return out, zoo
+    config = VARIANTS["bias_decay_kernels"].config(dataset="digits", seeds=3, epochs=2)
+    return out, load_zoo(run_zoo(config, out, dataset=digits, progress=False,
+                                 log=lambda *_: None))
 
 
 def test_variant_run_is_a_readable_zoo(bias_run, digits):
@@ -112,8 +114,8 @@ def test_variant_run_is_a_readable_zoo(bias_run, digits):
     assert zoo.config["config"]["decay"] == "kernels" and zoo.config["config"]["use_bias"]
     # epoch 0 is member 0's initial kernels: the trainer splits key(0) into (init, shuffle)
     init_key = jax.random.split(jax.random.key(0))[0]
-    params = PaperCNN(use_bias=True).init(init_key, digits.x_train[:1])["params"]
-    flat = np.concatenate([np.asarray(params[n]["kernel"]).ravel()
+    params = CNN(use_bias=True).init(init_key, digits.x_train[:1].reshape(1, 14, 14, 1))
+    flat = np.concatenate([np.asarray(params["params"][n]["kernel"]).ravel()
                            for n in ("Conv_0", "Conv_1", "Dense_0")])
     np.testing.assert_allclose(zoo.snapshots[0, 0], flat, rtol=1e-6)
     assert (zoo.test_accuracy[:, -1] > 0.1).all()
@@ -123,14 +125,28 @@ def test_variant_run_is_a_readable_zoo(bias_run, digits):
 
 def test_variant_run_resumes_and_refuses_another_zoo(bias_run, digits):
     out, _ = bias_run
+    variant = VARIANTS["bias_decay_kernels"]
     said = []
-    run_variant(VARIANTS["bias_decay_kernels"], digits, out, seeds=3, epochs=2, log=said.append)
-    assert said and "found complete" in said[0]
-    with pytest.raises(ConfigError, match="different zoo"):
-        run_variant(VARIANTS["bias_decay_kernels"], digits, out, seeds=3, epochs=3,
-                    log=lambda *_: None)
-    with pytest.raises(ConfigError, match="training images"):
-        run_variant(VARIANTS["half_data"], digits, out.parent / "half", seeds=2, epochs=2)
+    run_zoo(variant.config(dataset="digits", seeds=3, epochs=2), out, dataset=digits,
+            progress=False, log=said.append)
+    assert said and "already complete" in said[0]
+    with pytest.raises(RunDirError, match="different zoo"):
+        run_zoo(variant.config(dataset="digits", seeds=3, epochs=3), out, dataset=digits,
+                progress=False, log=lambda *_: None)
+    with pytest.raises(ConfigError, match="n_train"):
+        run_zoo(VARIANTS["half_data"].config(dataset="digits", seeds=2, epochs=2),
+                out.parent / "half", dataset=digits, progress=False)
+    with pytest.raises(ConfigError, match="fixes use_bias"):
+        variant.config(use_bias=False)
+
+
+def test_every_variant_is_a_valid_zoo_that_differs_from_the_baseline():
+    base = VARIANTS["baseline"].config(seeds=2, epochs=1).resolved()
+    for name, v in VARIANTS.items():
+        got = v.config(seeds=2, epochs=1).resolved()
+        assert (got == base) == (name == "baseline"), name
+    # the paper's settings record no field of the open details
+    assert "pool_ceil" not in base and "weight_init" not in base
 
 
 def _line_zoo(tmp_path) -> Zoo:
@@ -184,8 +200,6 @@ def test_cli_lists_and_writes_readings(tmp_path, capsys):
 
 
 def test_step_measures_on_a_hand_worked_trajectory(tmp_path):
-    from experiments.reproduction import dead_features, jump_count, step_ratio
-
     zoo = _line_zoo(tmp_path)  # steps of epochs 1..4: 10, 5, 2, 1
     assert step_ratio(zoo) == pytest.approx(1 / 5)
     assert jump_count(zoo) == 0 and dead_features(zoo) is None
@@ -196,8 +210,6 @@ def test_step_measures_on_a_hand_worked_trajectory(tmp_path):
 
 
 def test_dead_features_counts_zero_dense_rows(tmp_path):
-    from experiments.reproduction import dead_features
-
     snaps = np.ones((1, 2, 1376), np.float32)
     snaps[0, 1, -80:].reshape(8, 10)[[1, 5]] = 0.0
     zoo = Zoo(path=tmp_path, config={"arch": "cnn"}, snapshots=snaps,

@@ -287,8 +287,9 @@ def build_index(snapshots: np.ndarray, model: np.ndarray, epoch: np.ndarray,
                        other_median=float(np.median(other)) if len(other) else None,
                        beyond=_beyond_calibration(points, model, epoch, beyond_back,
                                                   beyond_reach, beyond_guard))
-    return TrajectoryIndex(points, model.astype(np.int64), epoch, labels, x.shape[1], basis,
-                           float(threshold), calibration)
+    return TrajectoryIndex(points=points, model=model.astype(np.int64), epoch=epoch,
+                           labels=labels, num_params=x.shape[1], basis=basis,
+                           threshold=float(threshold), calibration=calibration)
 
 
 def index_from_zoos(run_dirs: list[str | os.PathLike], epochs: list[int] | None = None,
@@ -299,12 +300,15 @@ def index_from_zoos(run_dirs: list[str | os.PathLike], epochs: list[int] | None 
     xs, ms, es, labels = [], [], [], []
     for r in run_dirs:
         zoo = load_zoo(r)
+        if not zoo.healthy().any():
+            continue
         keep = np.arange(zoo.snapshots.shape[1]) if epochs is None else np.asarray(epochs)
-        for s in np.flatnonzero(zoo.healthy()):
-            xs.append(np.asarray(zoo.snapshots[s, keep]))
-            ms.append(np.full(len(keep), len(labels)))
-            es.append(keep)
-            labels.append(f"{Path(r).name}:seed{int(zoo.seeds[s])}")
+        x, seed, epoch = zoo.points(epochs=keep)
+        seeds = np.unique(seed)
+        xs.append(x)
+        ms.append(len(labels) + np.searchsorted(seeds, seed))
+        es.append(epoch)
+        labels += [f"{Path(r).name}:seed{int(s)}" for s in seeds]
     if not xs:
         raise ConfigError("no healthy members in the given runs")
     if len({x.shape[1] for x in xs}) > 1:
@@ -381,9 +385,11 @@ def identify(index: TrajectoryIndex, checkpoints: np.ndarray,
             frac = float(eps[-1]) + extra
         unknown = dist > thr
         out.append(Identification(
-            None if unknown else index.labels[b], index.labels[b], frac, seg, near, dist,
-            None if s is None else index.labels[s], d2, float(conf), bool(unknown),
-            beyond, r_end, float(geom[0]), extra))
+            model=None if unknown else index.labels[b], nearest_model=index.labels[b],
+            epoch=frac, segment=seg, nearest_epoch=near, distance=dist,
+            second_model=None if s is None else index.labels[s], second_distance=d2,
+            confidence=float(conf), unknown=bool(unknown), beyond_end=beyond,
+            end_distance=r_end, beyond_score=float(geom[0]), extra_epochs=extra))
     return out
 
 

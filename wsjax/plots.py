@@ -18,10 +18,11 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from wsjax.analysis.linkage import cut, single_linkage  # noqa: E402
+from wsjax.analysis.metrics import dominant_models  # noqa: E402
 from wsjax.analysis.svd import fit_svd, project  # noqa: E402
 from wsjax.store import Zoo, atomic_write_bytes  # noqa: E402
 
-__all__ = ["select_points", "plot_weight_stats", "plot_umap", "plot_dendrogram",
+__all__ = ["plot_weight_stats", "plot_umap", "plot_dendrogram",
            "plot_training_curves", "save_figure", "make_figures", "FIGURES"]
 
 GREY = "#b0b0b0"
@@ -40,11 +41,6 @@ FIGURES = {
 }
 
 
-def _svd_project(x: np.ndarray, k: int) -> np.ndarray:
-    """[n, d] -> [n, k] truncated SVD (no centering)."""
-    return np.asarray(project(fit_svd(x), k))
-
-
 def _single_linkage(x: np.ndarray) -> np.ndarray:
     """[n, d] -> scipy-layout linkage matrix [(n-1), 4]."""
     return np.asarray(single_linkage(x), np.float64)
@@ -52,28 +48,6 @@ def _single_linkage(x: np.ndarray) -> np.ndarray:
 
 def _cut(z: np.ndarray, k: int) -> np.ndarray:
     return np.asarray(cut(z, k))
-
-
-def select_points(snapshots: np.ndarray, include_init: bool = False,
-                  models: np.ndarray | None = None):
-    """Flattens a zoo's snapshots into points.
-
-    Args:
-        snapshots: [S, E+1, P].
-        include_init: keep epoch 0 (the initialization); the paper's analysis leaves it out.
-        models: optional int indices of the models to keep (default all).
-
-    Returns:
-        (x [n, P] float32, model [n] int, epoch [n] int), n = S' * E' (model-major order).
-    """
-    snaps = np.asarray(snapshots)
-    s, e1, _ = snaps.shape
-    models = np.arange(s) if models is None else np.asarray(models)
-    first = 0 if include_init else 1
-    sub = snaps[models, first:]
-    epochs = np.arange(first, e1)
-    x = sub.reshape(-1, sub.shape[-1]).astype(np.float32)
-    return x, np.repeat(models, len(epochs)), np.tile(epochs, len(models))
 
 
 def _model_colours(n: int) -> np.ndarray:
@@ -154,11 +128,7 @@ def plot_dendrogram(x: np.ndarray, model: np.ndarray, epoch: np.ndarray, title: 
     model, epoch = np.asarray(model), np.asarray(epoch)
     n_models = len(np.unique(model))
     labels = _cut(_single_linkage(x), n_models)
-    dominant = {}
-    for c in np.unique(labels):
-        ms, counts = np.unique(model[labels == c], return_counts=True)
-        dominant[c] = ms[np.argmax(counts)]
-    correct = np.array([dominant[c] == m for c, m in zip(labels, model, strict=True)])
+    correct = dominant_models(labels, model).own
     shown = choose_models(model, n_show) if shown is None else np.asarray(shown)
     if detail:
         shown = shown[:1]
@@ -234,12 +204,13 @@ def make_figures(zoo: Zoo, out_dir: str | Path, include_init: bool = False,
     out.mkdir(parents=True, exist_ok=True)
     healthy = np.flatnonzero(zoo.healthy())
     name = f"{zoo.arch} ({len(healthy)} models)"
-    x, model, epoch = select_points(zoo.snapshots, include_init, models=healthy)
+    x, model, epoch = zoo.points(epochs=np.arange(0 if include_init else 1, zoo.num_epochs + 1))
     p = x.shape[1]
     steps = ["fig3", "fig4", "fig5", "fig6", "fig7", "fig8", "fig9"]
     written: dict = {}
     bar = tqdm(steps, desc="figures", disable=not progress)
-    svd50 = _svd_project(x, 50) if min(x.shape) > 50 else None
+    svd = fit_svd(x)
+    svd50 = np.asarray(project(svd, 50)) if min(x.shape) > 50 else None
     why = f"skipped: SVD-50 needs more than 50 snapshots and weights (have {x.shape[0]}, {p})"
     for step in bar:
         bar.set_postfix_str(step)
@@ -271,7 +242,7 @@ def make_figures(zoo: Zoo, out_dir: str | Path, include_init: bool = False,
             fig, _ = plot_dendrogram(svd50, model, epoch, f"Single linkage, SVD-50, {name}")
             stem = "fig7_dendrogram_svd50"
         elif step == "fig8":
-            fig, _ = plot_dendrogram(_svd_project(x, 5), model, epoch,
+            fig, _ = plot_dendrogram(np.asarray(project(svd, 5)), model, epoch,
                                      f"Single linkage, SVD-5, {name}")
             stem = "fig8_dendrogram_svd5"
         else:

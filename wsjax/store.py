@@ -30,6 +30,7 @@ from wsjax.errors import RunDirError
 
 __all__ = [
     "Zoo",
+    "trajectory_points",
     "load_zoo",
     "atomic_write_bytes",
     "atomic_write_json",
@@ -140,6 +141,43 @@ class Zoo:
     def healthy(self) -> np.ndarray:
         """bool [S]: members whose training never diverged."""
         return self.diverged_epoch < 0
+
+    def points(self, epochs=None, space="full", members=None) -> tuple:
+        """The zoo as points of a weight space, one per (member, epoch).
+
+        Args:
+            epochs: which snapshots (default 1..E: the paper's analysis leaves the
+                initialisation out).
+            space: "full" (the weights), or k for the top-k directions of an uncentred
+                truncated SVD of these points.
+            members: positions of the members (default: the healthy ones).
+
+        Returns:
+            (x float64 [n, D], model [n] seed of each point, epoch [n]), member-major.
+        """
+        members = np.flatnonzero(self.healthy()) if members is None else np.asarray(members)
+        epochs = np.arange(1, self.num_epochs + 1) if epochs is None else np.asarray(epochs)
+        x, model, epoch = trajectory_points(self.snapshots, np.asarray(self.seeds), epochs,
+                                            members)
+        if space != "full":
+            from wsjax.analysis.svd import fit_svd, project
+
+            x = np.asarray(project(fit_svd(x), int(space)))
+        return x, model, epoch
+
+
+def trajectory_points(snapshots, model_ids, epochs, members=None) -> tuple:
+    """Snapshots [S, T, P] -> (x float64 [n, P], model [n], epoch [n]), member-major.
+
+    model_ids [S] names each member; epochs [T'] are the snapshot positions to keep;
+    members (default all) the member positions.
+    """
+    members = np.arange(len(model_ids)) if members is None else np.asarray(members)
+    epochs = np.asarray(epochs)
+    sub = np.asarray(snapshots[members][:, epochs], dtype=np.float64)
+    x = sub.reshape(-1, sub.shape[-1])
+    return (x, np.repeat(np.asarray(model_ids)[members], len(epochs)),
+            np.tile(epochs, len(members)))
 
 
 def load_zoo(run_dir: str | os.PathLike, mmap: bool = True) -> Zoo:

@@ -18,7 +18,7 @@ import numpy as np
 
 from wsjax.data import Dataset, load_dataset
 from wsjax.errors import ConfigError, RunDirError
-from wsjax.models import get_arch
+from wsjax.models import KERNEL_INITS, get_arch
 from wsjax.sharding import process_block, seed_mesh, shard_members
 from wsjax.store import (
     atomic_write_json,
@@ -35,7 +35,8 @@ from wsjax.train import (
     PlainTrainer,
     diverged_epochs,
     get_loss,
-    sgd_with_weight_decay,
+    kernel_mask,
+    make_sgd,
 )
 from wsjax.train.blocks import speed_options
 
@@ -54,6 +55,16 @@ class ZooConfig:
         epochs: training epochs (snapshots are kept for epochs 0..epochs).
         loss: MSE reduction, "sum" (default, see README), "mean" or "batch_mean".
         chunk: train at most this many members at once (memory only; results are identical).
+
+    The details the paper leaves open, each a choice of the reproduction study
+    (`wsjax.variants`); their defaults are the paper's settings as SPEC.md reads them:
+        weight_init: kernel init, a key of `wsjax.models.KERNEL_INITS`.
+        pool_ceil: the CNN's max-pools in ceil mode.
+        decay, coupling: weight decay on "all" parameters or "kernels" only, "coupled" (added
+            to the gradient, PyTorch) or "decoupled" (after momentum); see `make_sgd`.
+        input_norm: standardise the inputs with MNIST's mean and std instead of [0, 1].
+        n_train: train on the first n training examples only (None: all).
+        kernels_only: leave biases out of the snapshots (the analysed weight vector).
     """
 
     arch: str = "cnn"
@@ -68,10 +79,28 @@ class ZooConfig:
     batch_size: int | None = None
     use_bias: bool = False
     chunk: int | None = None
+    weight_init: str = "kaiming_normal"
+    pool_ceil: bool = False
+    decay: str = "all"
+    coupling: str = "coupled"
+    input_norm: bool = False
+    n_train: int | None = None
+    kernels_only: bool = False
 
     def __post_init__(self):
         get_arch(self.arch)
         get_loss(self.loss)
+        if self.weight_init not in KERNEL_INITS:
+            raise ConfigError(f"unknown weight_init {self.weight_init!r}; choose one of "
+                              f"{', '.join(sorted(KERNEL_INITS))}")
+        if self.pool_ceil and self.arch != "cnn":
+            raise ConfigError("pool_ceil applies to the cnn only")
+        try:
+            make_sgd(self.decay, self.coupling)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if self.n_train is not None and self.n_train < 1:
+            raise ConfigError(f"n_train must be at least 1, got {self.n_train}")
         if self.seeds < 1:
             raise ConfigError(f"--seeds must be at least 1, got {self.seeds}")
         if self.epochs < 1:
@@ -93,11 +122,30 @@ class ZooConfig:
         for name in ("learning_rate", "momentum", "weight_decay", "batch_size"):
             if d[name] is None:
                 d[name] = getattr(spec, name)
+        # Recorded only where changed, so that the run directories of the paper's settings
+        # read the same as before these choices existed.
+        for f in dataclasses.fields(self):
+            if f.name in _OPEN_DETAILS and d[f.name] == f.default:
+                d.pop(f.name)
         return d
+
+    def module_options(self) -> dict:
+        """Keyword arguments of the architecture's module."""
+        options = {"use_bias": self.use_bias}
+        if self.weight_init != "kaiming_normal":
+            options["weight_init"] = self.weight_init
+        if self.pool_ceil:
+            options["pool_ceil"] = True
+        return options
 
     def hparams(self) -> HParams:
         r = self.resolved()
         return HParams(r["learning_rate"], r["momentum"], r["weight_decay"])
+
+
+_OPEN_DETAILS = ("weight_init", "pool_ceil", "decay", "coupling", "input_norm", "n_train",
+                 "kernels_only")
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # the usual torchvision Normalize constants
 
 
 def member_keys(seeds: np.ndarray) -> np.ndarray:
@@ -118,7 +166,7 @@ def make_trainer(config: ZooConfig, fast: bool = True, use_kernels: bool = True,
     options = speed_options(**options)
     spec = get_arch(config.arch)
     r = config.resolved()
-    args = (spec.make_module(use_bias=config.use_bias), sgd_with_weight_decay,
+    args = (spec.make_module(**config.module_options()), make_sgd(config.decay, config.coupling),
             get_loss(config.loss), r["batch_size"])
     if not fast:
         return PlainTrainer(*args)
@@ -133,15 +181,22 @@ def dataset_fingerprint(ds: Dataset) -> str:
 
 
 def _prepare_inputs(config: ZooConfig, ds: Dataset) -> Dataset:
-    spec = get_arch(config.arch)
-    want = spec.input_shape
-    if tuple(ds.x_train.shape[1:]) == want:
-        return ds
-    if int(np.prod(ds.x_train.shape[1:])) == int(np.prod(want)):
-        return dataclasses.replace(
-            ds, x_train=ds.x_train.reshape(-1, *want), x_test=ds.x_test.reshape(-1, *want))
-    raise ConfigError(f"{ds.name} inputs have shape {ds.x_train.shape[1:]}; {config.arch} "
-                      f"needs {want}")
+    """The data as the zoo trains on it: the architecture's input shape, and the config's
+    training subset and input scaling."""
+    want = get_arch(config.arch).input_shape
+    if int(np.prod(ds.x_train.shape[1:])) != int(np.prod(want)):
+        raise ConfigError(f"{ds.name} inputs have shape {ds.x_train.shape[1:]}; {config.arch} "
+                          f"needs {want}")
+    x_tr, y_tr, x_te = ds.x_train.reshape(-1, *want), ds.y_train, ds.x_test.reshape(-1, *want)
+    if config.n_train is not None:
+        if config.n_train > len(x_tr):
+            raise ConfigError(f"n_train {config.n_train} exceeds the {len(x_tr)} training "
+                              f"examples of {ds.name}; use a larger dataset")
+        x_tr, y_tr = x_tr[: config.n_train], y_tr[: config.n_train]
+    if config.input_norm:
+        x_tr, x_te = ((a - MNIST_MEAN) / MNIST_STD for a in (x_tr, x_te))
+    return dataclasses.replace(ds, x_train=x_tr.astype(ds.x_train.dtype), y_train=y_tr,
+                               x_test=x_te.astype(ds.x_test.dtype))
 
 
 def run_zoo(config: ZooConfig, out_dir: str | Path, dataset: Dataset | None = None,
@@ -209,7 +264,11 @@ def run_zoo(config: ZooConfig, out_dir: str | Path, dataset: Dataset | None = No
     chunks = split_chunks(members, chunk)
     hps = [jax.tree.map(lambda v, p=pad: v[p], hp_all) for _, pad in chunks]
     states = [trainer.init(keys[pad], hp, x_tr) for (_, pad), hp in zip(chunks, hps, strict=True)]
-    num_params = int(trainer.flat_params(states[0]).shape[1])
+    keep = slice(None)
+    if config.kernels_only:
+        template = spec.make_module(**config.module_options()).init(jax.random.key(0), x_tr[:1])
+        keep = kernel_mask(template["params"])
+    num_params = int(np.asarray(trainer.flat_params(states[0]))[:, keep].shape[1])
     E = config.epochs
 
     snap_path, state_path = out / "snapshots.npy", out / "state.npz"
@@ -228,7 +287,7 @@ def run_zoo(config: ZooConfig, out_dir: str | Path, dataset: Dataset | None = No
         snapshots = np.lib.format.open_memmap(snap_path, mode="w+", dtype=np.float32,
                                               shape=(members, E + 1, num_params))
         for c, (idx, _) in enumerate(chunks):
-            snapshots[idx, 0] = np.asarray(trainer.flat_params(states[c]))[: len(idx)]
+            snapshots[idx, 0] = np.asarray(trainer.flat_params(states[c]))[: len(idx), keep]
             acc, tl = trainer.evaluate(states[c], x_te, y_te)
             metrics["test_accuracy"][idx, 0] = np.asarray(acc)[: len(idx)]
             metrics["test_loss"][idx, 0] = np.asarray(tl)[: len(idx)]
@@ -250,7 +309,7 @@ def run_zoo(config: ZooConfig, out_dir: str | Path, dataset: Dataset | None = No
                                                             last_epoch=E)
             acc, tl = trainer.evaluate(states[c], x_te, y_te)
             n = len(idx)
-            snapshots[idx, e] = np.asarray(sn)[:n, 0]
+            snapshots[idx, e] = np.asarray(sn)[:n, 0][:, keep]
             metrics["train_loss"][idx, e - 1] = np.asarray(trl)[:n, 0]
             metrics["finite"][idx, e - 1] = np.asarray(fin)[:n, 0]
             metrics["test_accuracy"][idx, e] = np.asarray(acc)[:n]

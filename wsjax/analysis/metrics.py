@@ -18,12 +18,13 @@ The paper defines the epoch-order measures in one sentence; this is our reading 
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import numpy as np
 
 from wsjax.errors import ConfigError
 
-__all__ = ["ClusterMetrics", "cluster_metrics"]
+__all__ = ["ClusterMetrics", "cluster_metrics", "Dominance", "dominant_models"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +48,37 @@ class ClusterMetrics:
     mean_ordered_fraction: float
 
 
+class Dominance(NamedTuple):
+    """Each cluster's dominant model.
+
+    Attributes:
+        clusters: [C] the cluster labels, sorted.
+        model: [C] each cluster's dominant model id (ties: the smallest id).
+        count: int [C] its snapshots in the cluster.
+        size: int [C] the cluster's snapshots.
+        own: bool [n] whether each snapshot belongs to its cluster's dominant model.
+    """
+
+    clusters: np.ndarray
+    model: np.ndarray
+    count: np.ndarray
+    size: np.ndarray
+    own: np.ndarray
+
+
+def dominant_models(labels: np.ndarray, model_ids: np.ndarray) -> Dominance:
+    """The dominant model of every cluster of `labels` [n], with model_ids [n]."""
+    labels, model_ids = np.asarray(labels), np.asarray(model_ids)
+    clusters, cluster_of = np.unique(labels, return_inverse=True)
+    models, model_of = np.unique(model_ids, return_inverse=True)
+    counts = np.zeros((clusters.shape[0], models.shape[0]), np.int64)
+    np.add.at(counts, (cluster_of, model_of), 1)
+    best = counts.argmax(axis=1)  # the first maximum: the smallest model id
+    return Dominance(clusters=clusters, model=models[best],
+                     count=counts[np.arange(clusters.shape[0]), best],
+                     size=counts.sum(axis=1), own=best[cluster_of] == model_of)
+
+
 def cluster_metrics(labels: np.ndarray, model_ids: np.ndarray, epochs: np.ndarray,
                     heights: np.ndarray) -> ClusterMetrics:
     """Purity and epoch order of the clusters `labels` [n] of snapshots.
@@ -63,29 +95,32 @@ def cluster_metrics(labels: np.ndarray, model_ids: np.ndarray, epochs: np.ndarra
     if any(a.shape != (n,) for a in (model_ids, epochs, heights)) or n == 0:
         raise ConfigError("labels, model_ids, epochs and heights must be 1-D of the same "
                           "non-zero length")
-    clusters = np.unique(labels)
-    c = clusters.shape[0]
-    dominant = np.empty(c, dtype=np.int64)
-    size = np.empty(c, dtype=np.int64)
-    count = np.empty(c, dtype=np.int64)
+    dom = dominant_models(labels, model_ids)
+    c = dom.clusters.shape[0]
     initial = np.empty(c, dtype=np.int64)
     fraction = np.full(c, np.nan)
-    for i, cl in enumerate(clusters):
-        idx = np.flatnonzero(labels == cl)
-        ms, counts = np.unique(model_ids[idx], return_counts=True)
-        best = int(np.argmax(counts))
-        dominant[i], size[i], count[i] = ms[best], idx.shape[0], counts[best]
-        own = idx[model_ids[idx] == ms[best]]
-        got = epochs[own[np.argsort(-heights[own], kind="stable")]]
-        want = np.sort(epochs[own])
+    for i, got in enumerate(dominant_epoch_orders(labels, epochs, heights, dom)):
+        want = np.sort(got)
         wrong = np.flatnonzero(got != want)
         initial[i] = wrong[0] if wrong.size else got.shape[0]
         if got.shape[0] > 1:
             fraction[i] = float(np.mean(np.diff(got) == 1))
+    count, size = dom.count, dom.size
     purity = count / size
     valid = ~np.isnan(fraction)
     return ClusterMetrics(
-        dominant=dominant, size=size, purity=purity, ordered_initial=initial,
+        dominant=dom.model, size=size, purity=purity, ordered_initial=initial,
         ordered_fraction=fraction, mean_purity=float(purity.mean()),
         overall_purity=float(count.sum() / n), mean_ordered_initial=float(initial.mean()),
         mean_ordered_fraction=float(fraction[valid].mean()) if valid.any() else float("nan"))
+
+
+def dominant_epoch_orders(labels: np.ndarray, epochs: np.ndarray, key: np.ndarray,
+                          dom: Dominance) -> list[np.ndarray]:
+    """Per cluster (in dom.clusters order): the epochs of its dominant model's snapshots,
+    sorted by decreasing `key` [n] (ties keep index order)."""
+    orders = []
+    for cl in dom.clusters:
+        own = np.flatnonzero((labels == cl) & dom.own)
+        orders.append(epochs[own[np.argsort(-key[own], kind="stable")]])
+    return orders

@@ -73,11 +73,8 @@ def zoo_tables_detail(zoo: Zoo, ks=DEFAULT_KS, include_epoch0: bool = False,
     epochs = np.arange(first, zoo.num_epochs + 1)
     if epochs.shape[0] < 1:
         raise ConfigError(f"{zoo.path}: no snapshots after epoch 0; train at least one epoch")
-    snaps = np.asarray(zoo.snapshots[healthy][:, first:], dtype=np.float64)
-    s, e, p = snaps.shape
-    x = snaps.reshape(s * e, p)
-    model_ids = np.repeat(np.asarray(zoo.seeds)[healthy], e)
-    epoch_ids = np.tile(epochs, s)
+    x, model_ids, epoch_ids = zoo.points(epochs=epochs, members=healthy)
+    s, e, p = healthy.shape[0], epochs.shape[0], x.shape[1]
     spaces: list = ["full"]
     for k in ks:
         if k >= p or k > x.shape[0]:

@@ -26,6 +26,8 @@ from wsjax.train.state import (
     MemberState,
     ZooResult,
     diverged_epochs,
+    kernel_mask,
+    make_sgd,
     sgd_with_weight_decay,
 )
 
@@ -42,7 +44,9 @@ __all__ = [
     "diverged_epochs",
     "epoch_key",
     "get_loss",
+    "kernel_mask",
     "lower",
+    "make_sgd",
     "mse_batch_mean",
     "mse_mean",
     "mse_sum",

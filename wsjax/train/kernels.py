@@ -283,7 +283,8 @@ def hand_kernels(module) -> FFNNKernels | CNNKernels | None:
     """The kernels for `module`, or None where it is not a configuration they support."""
     if type(module) is FFNN and not module.use_bias:
         return FFNNKernels(module)
-    if type(module) is CNN and not module.use_bias and len(module.channels) == 2:
+    if (type(module) is CNN and not module.use_bias and not module.pool_ceil
+            and len(module.channels) == 2):
         return CNNKernels(module)
     return None
 

@@ -11,7 +11,8 @@ import jax
 import numpy as np
 import optax
 
-__all__ = ["HParams", "MemberState", "ZooResult", "sgd_with_weight_decay", "diverged_epochs"]
+__all__ = ["HParams", "MemberState", "ZooResult", "sgd_with_weight_decay", "make_sgd",
+           "diverged_epochs"]
 
 
 @flax.struct.dataclass
@@ -36,6 +37,48 @@ def sgd_with_weight_decay(hp: HParams) -> optax.GradientTransformation:
         optax.add_decayed_weights(hp.weight_decay),
         optax.sgd(hp.learning_rate, momentum=hp.momentum),
     )
+
+
+def _is_kernel(path, _leaf) -> bool:
+    return getattr(path[-1], "key", "") == "kernel"
+
+
+def make_sgd(decay: str = "all", coupling: str = "coupled"):
+    """SGD with momentum and weight decay, HParams -> transformation; the paper's optimizer
+    (`sgd_with_weight_decay`) for the defaults.
+
+    decay: "all" parameters or "kernels" only. coupling: "coupled" adds wd * w to the gradient
+    before momentum (PyTorch's SGD); "decoupled" subtracts lr * wd * w after the momentum step,
+    so the decay is not amplified by momentum.
+    """
+    if decay not in ("all", "kernels") or coupling not in ("coupled", "decoupled"):
+        raise ValueError(f"unknown weight decay {decay!r}/{coupling!r}: decay is 'all' or "
+                         "'kernels', coupling 'coupled' or 'decoupled'")
+    if (decay, coupling) == ("all", "coupled"):
+        return sgd_with_weight_decay
+
+    def mask(params):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, leaf: decay == "all" or _is_kernel(path, leaf), params)
+
+    def build(hp: HParams) -> optax.GradientTransformation:
+        if coupling == "coupled":
+            return optax.chain(optax.add_decayed_weights(hp.weight_decay, mask=mask),
+                               optax.sgd(hp.learning_rate, momentum=hp.momentum))
+        return optax.chain(optax.sgd(hp.learning_rate, momentum=hp.momentum),
+                           optax.add_decayed_weights(-hp.learning_rate * hp.weight_decay,
+                                                     mask=mask))
+
+    return build
+
+
+def kernel_mask(params) -> np.ndarray:
+    """bool [P]: which entries of the flattened params (ravel_pytree order) are kernels."""
+    from jax.flatten_util import ravel_pytree
+
+    marks = jax.tree_util.tree_map_with_path(
+        lambda path, leaf: np.full(np.shape(leaf), _is_kernel(path, leaf)), params)
+    return np.asarray(ravel_pytree(marks)[0]).astype(bool)
 
 
 @flax.struct.dataclass
