@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
+import importlib.metadata
 import os
 import time
 from pathlib import Path
@@ -292,15 +293,17 @@ def training_provenance(train_seconds: float, model_steps: int, mesh=None) -> di
         model_steps: members x optimizer steps of the whole run.
         mesh: the seed mesh the run used, if any (its devices are the ones named).
     """
-    from wsjax import __version__
-
+    try:
+        version = importlib.metadata.version("wsjax")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        version = None
     devices = list(mesh.devices.flat) if mesh is not None else jax.local_devices()
     return {
         "device": f"{len(devices)} x {devices[0].device_kind}",
         "platform": devices[0].platform,
         "cpu_count": os.cpu_count(),
         "jax": jax.__version__,
-        "wsjax": __version__,
+        "wsjax": version,
         "train_seconds": round(float(train_seconds), 3),
         "model_steps_per_s": round(model_steps / max(float(train_seconds), 1e-9), 1),
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
