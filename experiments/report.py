@@ -1,9 +1,11 @@
-"""Assemble one self-contained HTML page for a trained zoo: config, curves, tables, figures.
+"""Assemble one self-contained HTML page for a trained zoo, opening on the paper's table.
 
     python -m experiments.report --run runs/cnn-mnist            # writes runs/cnn-mnist/report.html
 
-Missing figures are drawn first (as `experiments.figures` would); the tables come from the run's
-tables.json (`python -m experiments.tables --run DIR`) or are computed.
+The page: a summary and Table 2/3 as "ours (paper)", then configuration and provenance,
+per-cluster values, training curves and Figs. 3-9 with captions (docs/report.md). Figures missing
+or drawn by an older wsjax are drawn first (as `experiments.figures` would); the tables come from
+the run's tables.json (`python -m experiments.tables --run DIR`) or are computed.
 """
 
 from __future__ import annotations

@@ -40,6 +40,11 @@ def test_run_directory_contents(ffnn_run):
     assert zoo.config["data"]["name"] == "digits" and zoo.config["num_params"] == 2160
     assert not (ffnn_run / "state.npz").exists()
     assert json.loads((ffnn_run / "progress.json").read_text())["complete"] is True
+    prov = zoo.config["provenance"]  # where, with what and how fast: the report's summary
+    assert prov["jax"] == jax.__version__ and prov["platform"] == jax.devices()[0].platform
+    assert prov["train_seconds"] > 0
+    steps = 3 * zoo.num_epochs * (zoo.config["data"]["n_train"] // 4)  # members x epochs x batches
+    assert prov["model_steps_per_s"] == pytest.approx(steps / prov["train_seconds"], rel=1e-2)
 
 
 def test_snapshot_unflattens_to_the_recorded_accuracy(ffnn_run, digits):

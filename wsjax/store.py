@@ -2,7 +2,8 @@
 
 Layout of a run directory::
 
-    config.json      the full configuration (JSON), plus the data it was trained on
+    config.json      the full configuration (JSON), plus the data it was trained on and, once
+                     complete, its provenance (device, versions, training time)
     snapshots.npy    float32 [S, E+1, P] flattened weights; epoch 0 = initialisation (mmap-able)
     metrics.npz      test_accuracy [S, E+1], test_loss [S, E+1], train_loss [S, E],
                      diverged_epoch [S] (-1: never), seeds [S]

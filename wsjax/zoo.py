@@ -8,7 +8,10 @@ the last completed epoch and ends bit-identical to an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
+import importlib.metadata
+import os
 import time
 from pathlib import Path
 
@@ -278,9 +281,10 @@ def run_zoo(config: ZooConfig, out_dir: str | Path, dataset: Dataset | None = No
         "train_loss": np.zeros((members, E), np.float32),
         "finite": np.ones((members, E), bool),
     }
-    done = 0
+    done, seconds_before = 0, 0.0
     if state_path.exists() and snap_path.exists():
         done, metrics, states = load_training_state(state_path, states, chunks, list(metrics))
+        seconds_before = float(read_json(out / "progress.json").get("train_seconds", 0.0))
         snapshots = np.load(snap_path, mmap_mode="r+", allow_pickle=False)
         log(f"{out}: resuming after epoch {done} of {E}")
     else:
@@ -316,7 +320,10 @@ def run_zoo(config: ZooConfig, out_dir: str | Path, dataset: Dataset | None = No
             metrics["test_loss"][idx, e] = np.asarray(tl)[:n]
         snapshots.flush()
         save_training_state(state_path, states, chunks, members, e, metrics)
-        atomic_write_json(out / "progress.json", {"completed_epochs": e, "complete": False})
+        # Training time is summed over resumed sessions, so the report's speed covers the run.
+        atomic_write_json(out / "progress.json", {
+            "completed_epochs": e, "complete": False,
+            "train_seconds": seconds_before + time.perf_counter() - t_start})
         dt = time.perf_counter() - t0
         bar.update(1)
         bar.set_postfix(model_steps_s=f"{members * steps / dt:,.0f}",
@@ -327,12 +334,39 @@ def run_zoo(config: ZooConfig, out_dir: str | Path, dataset: Dataset | None = No
     bar.close()
     elapsed = time.perf_counter() - t_start
 
-    finish_run(out, {**read_json(config_path), "num_params": num_params}, E,
+    provenance = training_provenance(seconds_before + elapsed, members * steps * E, mesh)
+    finish_run(out, {**read_json(config_path), "num_params": num_params,
+                     "provenance": provenance}, E,
                {**metrics, "diverged_epoch": diverged_epochs(metrics["finite"]), "seeds": seeds})
     state_path.unlink(missing_ok=True)
     del snapshots
     _summary(out, log, elapsed, E - done, members, steps, spec.name)
     return out
+
+
+def training_provenance(train_seconds: float, model_steps: int, mesh=None) -> dict:
+    """Where, with what and how fast a zoo was trained: stored in config.json's "provenance".
+
+    Args:
+        train_seconds: wall-clock seconds of training, summed over resumed sessions.
+        model_steps: members x optimizer steps of the whole run.
+        mesh: the seed mesh the run used, if any (its devices are the ones named).
+    """
+    try:
+        version = importlib.metadata.version("wsjax")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        version = None
+    devices = list(mesh.devices.flat) if mesh is not None else jax.local_devices()
+    return {
+        "device": f"{len(devices)} x {devices[0].device_kind}",
+        "platform": devices[0].platform,
+        "cpu_count": os.cpu_count(),
+        "jax": jax.__version__,
+        "wsjax": version,
+        "train_seconds": round(float(train_seconds), 3),
+        "model_steps_per_s": round(model_steps / max(float(train_seconds), 1e-9), 1),
+        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def _summary(out: Path, log, elapsed: float, epochs_run: int, members: int, steps: int,
