@@ -177,5 +177,9 @@ def test_tables_end_to_end_on_a_tiny_zoo(tmp_path, capsys):
     for r in table["rows"]:
         assert 0.0 < r["mean_purity"] <= 1.0 and 0.0 < r["overall_purity"] <= 1.0
         assert 0 <= r["ordered_initial"] <= 5
+        lo, hi = r["ci95"]["mean_purity"]
+        assert lo <= r["mean_purity"] <= hi and 0.0 < r["per_model_purity"] <= 1.0
+        assert 0 <= r["random_ties"]["ordered_initial"][0] <= 5
     assert (run / "tables.md").read_text().startswith("ffnn zoo: 4 models")
+    assert "random ties" in out and "±" in out
     assert run_cli(main, ["--run", str(tmp_path / "missing")]) == 2

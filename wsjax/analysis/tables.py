@@ -13,6 +13,7 @@ import numpy as np
 from wsjax.analysis.linkage import cut, merge_heights, single_linkage
 from wsjax.analysis.metrics import cluster_metrics
 from wsjax.analysis.svd import fit_svd, project
+from wsjax.analysis.uncertainty import bootstrap_intervals, per_model_purity, random_tie_orders
 from wsjax.errors import ConfigError
 from wsjax.store import Zoo
 
@@ -92,7 +93,8 @@ def zoo_tables_detail(zoo: Zoo, ks=DEFAULT_KS, include_epoch0: bool = False,
         xs = x if space == "full" else project(svd, space)
         z = single_linkage(xs)
         labels = cut(z, s)
-        m = cluster_metrics(labels, model_ids, epoch_ids, merge_heights(z, x.shape[0]))
+        heights = merge_heights(z, x.shape[0])
+        m = cluster_metrics(labels, model_ids, epoch_ids, heights)
         name = f"{p} (weight space)" if space == "full" else f"SVD {space}"
         rows.append({
             "space": name,
@@ -100,7 +102,10 @@ def zoo_tables_detail(zoo: Zoo, ks=DEFAULT_KS, include_epoch0: bool = False,
             "mean_purity": m.mean_purity, "overall_purity": m.overall_purity,
             "ordered_initial": m.mean_ordered_initial,
             "ordered_fraction": m.mean_ordered_fraction,
-            **_paper_row(zoo.arch, space)})
+            **_paper_row(zoo.arch, space),
+            "per_model_purity": per_model_purity(labels, model_ids),
+            "random_ties": random_tie_orders(labels, model_ids, epoch_ids, heights),
+            "ci95": bootstrap_intervals(m)})
         per_cluster[name] = {"dominant": m.dominant.tolist(), "size": m.size.tolist(),
                              "purity": m.purity.tolist(),
                              "ordered_initial": m.ordered_initial.tolist(),
@@ -136,6 +141,28 @@ def tables_markdown(t: dict) -> str:
             f"{_fmt(r['overall_purity'])} | {_fmt(r['ordered_initial'])} "
             f"({_fmt(r['paper_ordered_initial'])}) | {_fmt(r['ordered_fraction'])} "
             f"({_fmt(r['paper_ordered_fraction'])}) |")
+    lines += ["", "Other readings and 95% intervals (models resampled; ties: merge-height ties "
+              "broken at random, mean ± sd of 100 draws, instead of by epoch):", "",
+              "| space | cluster purity | overall purity | per-model purity | # ordered initial "
+              "| ... random ties | % ordered | ... random ties |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in t["rows"]:
+        if "ci95" not in r:  # tables written before these readings existed
+            continue
+        ci, ties = r["ci95"], r["random_ties"]
+        lines.append(
+            f"| {r['space']} | {_interval(ci['mean_purity'])} | "
+            f"{_interval(ci['overall_purity'])} | {_fmt(r['per_model_purity'])} | "
+            f"{_interval(ci['ordered_initial'])} | {_spread(ties['ordered_initial'])} | "
+            f"{_interval(ci['ordered_fraction'])} | {_spread(ties['ordered_fraction'])} |")
     for note in t["notes"]:
         lines.append(f"\nNote: {note}")
     return "\n".join(lines) + "\n"
+
+
+def _interval(lo_hi) -> str:
+    return f"[{_fmt(lo_hi[0])}, {_fmt(lo_hi[1])}]"
+
+
+def _spread(mean_sd) -> str:
+    return f"{_fmt(mean_sd[0])} ± {_fmt(mean_sd[1])}"
