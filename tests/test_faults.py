@@ -278,6 +278,23 @@ def test_restart_retrains_a_damaged_run_bit_identical(incomplete, reference, tmp
     assert_same_run(run, reference)
 
 
+@pytest.mark.parametrize("how", ["truncated", "zeroed", "deleted"])
+@pytest.mark.parametrize("name", ["sharded.json", "shards/process-00000/snapshots.npy"])
+def test_a_damaged_file_of_a_sharded_run_is_named_and_nothing_changes(reference, tmp_path,
+                                                                      capsys, name, how):
+    run = tmp_path / "run"
+    shutil.copytree(reference, run / "shards" / "process-00000")
+    (run / "sharded.json").write_text(json.dumps({
+        "format": "wsjax-sharded-run/1", "num_processes": 1, "seeds": [0, 1],
+        "shards": [{"dir": "shards/process-00000", "seeds": [0, 2]}]}))
+    assert load_zoo(run).seeds.tolist() == [0, 1]
+    _damage(run / name, how)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert run_cli(_cli("tables"), ["--run", str(run), "--no-progress"]) == 2
+    assert f"{run / name}" in one_line_error(capsys)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
 @pytest.fixture(scope="module")
 def index(reference, tmp_path_factory):
     from wsjax.identify import index_from_zoos, save_index

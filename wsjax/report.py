@@ -52,7 +52,8 @@ def load_tables(run_dir: Path, zoo: Zoo | None = None) -> tuple[object | None, s
     """
     path = Path(run_dir) / "tables.json"
     if path.exists():
-        return read_json(path), f"from {path.name}"
+        return (read_json(path, "recompute it with `python -m experiments.tables --run DIR`"),
+                f"from {path.name}")
     try:
         from wsjax.analysis.tables import zoo_tables
     except ImportError:

@@ -175,10 +175,12 @@ def _committed(out: Path, identity: dict) -> dict | None:
             _same_zoo(out, read_json(config_path, RESTART_FIX), identity)
         return None
     progress = read_json(progress_path, RESTART_FIX)
-    if not isinstance(progress, dict) or "files" not in progress:
-        raise RunDirError(f"{progress_path} is damaged or from an older wsjax (no integrity "
-                          f"records); {RESTART_FIX}")
-    files = progress["files"]
+    if not isinstance(progress, dict):
+        raise RunDirError(f"{progress_path} is damaged (not a record); {RESTART_FIX}")
+    if "files" not in progress and not progress.get("complete"):
+        raise RunDirError(f"{progress_path} is from an older wsjax (no integrity records); "
+                          f"{RESTART_FIX}")
+    files = progress.get("files", {})  # a complete run of an older wsjax is read unchecked
     check_file(config_path, files.get("config.json"), RESTART_FIX)
     _same_zoo(out, read_json(config_path, RESTART_FIX), identity)
     if progress.get("complete"):
