@@ -221,8 +221,8 @@ def open_snapshots(path: Path, record: dict | None, fix: str, mode: str = "r") -
         raise RunDirError(f"{path} is missing; {fix}")
     try:
         snapshots = np.load(path, mmap_mode=mode, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise RunDirError(f"{path} is damaged (not a readable .npy: {e}); {fix}") from None
+    except (OSError, ValueError):
+        raise RunDirError(f"{path} is damaged (its .npy header cannot be read); {fix}") from None
     if record is not None:
         want = record["epoch_sha256"]
         if snapshots.ndim != 3 or snapshots.shape[1] < len(want):
