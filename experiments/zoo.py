@@ -5,7 +5,8 @@
     python -m experiments.zoo --arch cnn --dataset digits --seeds 16 --epochs 10
 
 Defaults are the paper's zoo (250 seeds, 50 epochs, its Table 1 settings, summed MSE) on MNIST.
-Rerunning an interrupted command resumes it from the last completed epoch.
+Rerunning an interrupted command resumes it from the last completed epoch. A damaged run
+directory is refused with the file named; --restart retrains it from epoch 0.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ def build_parser() -> ArgumentParser:
                    help="train at most N seeds at once (less memory, same results)")
     p.add_argument("--out", default=None, help="run directory (default runs/<arch>-<dataset>)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--restart", action="store_true",
+                   help="discard what --out holds (e.g. a damaged file) and train from epoch 0")
+    p.add_argument("--wait", action="store_true",
+                   help="if another command is writing --out, wait for it instead of failing")
     p.add_argument("--devices", type=int, default=0,
                    help="shard the seeds over this many local devices (default 0: all; on a "
                         "CPU each core is one device)")
@@ -71,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.num_processes is None or args.process_id is None:
             raise ConfigError("--coordinator needs --num-processes and --process-id")
         initialize_distributed(args.coordinator, args.num_processes, args.process_id)
-        run_zoo_sharded(config, out, data_dir=args.data_dir, progress=not args.no_progress)
+        run_zoo_sharded(config, out, data_dir=args.data_dir, progress=not args.no_progress,
+                        restart=args.restart, wait=args.wait)
         return 0
     import jax
 
@@ -82,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--devices must be 0..{len(local)} (0: all local devices)")
     devices = local[: args.devices or len(local)]
     mesh = seed_mesh(devices) if len(devices) > 1 else None
-    run_zoo(config, out, data_dir=args.data_dir, progress=not args.no_progress, mesh=mesh)
+    run_zoo(config, out, data_dir=args.data_dir, progress=not args.no_progress, mesh=mesh,
+            restart=args.restart, wait=args.wait)
     return 0
 
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import scipy.stats
 
-from wsjax.errors import ConfigError, DataError
-from wsjax.store import atomic_save_npz, atomic_write_json, read_json
+from wsjax.errors import ConfigError, DataError, RunDirError
+from wsjax.store import atomic_save_npz, atomic_write_json, check_file, read_json
 
 __all__ = ["TrajectoryIndex", "Identification", "DimensionMismatchError", "build_index",
            "index_from_zoos", "save_index", "load_index", "identify", "order_checkpoints",
@@ -318,31 +318,43 @@ def index_from_zoos(run_dirs: list[str | os.PathLike], epochs: list[int] | None 
 
 
 def save_index(index: TrajectoryIndex, out: str | os.PathLike) -> Path:
-    """Writes DIR/index.npz and DIR/index.json atomically; returns DIR."""
+    """Writes DIR/index.npz and then DIR/index.json (with index.npz's integrity record)
+    atomically; returns DIR."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     arrays = dict(points=index.points, model=index.model, epoch=index.epoch)
     if index.basis is not None:
         arrays["basis"] = index.basis
-    atomic_save_npz(out / "index.npz", **arrays)
+    record = atomic_save_npz(out / "index.npz", **arrays)
     atomic_write_json(out / "index.json", dict(
         format=1, labels=list(index.labels), num_params=index.num_params,
         threshold=index.threshold, calibration=index.calibration,
-        svd=None if index.basis is None else int(index.basis.shape[0])))
+        svd=None if index.basis is None else int(index.basis.shape[0]),
+        files={"index.npz": record}))
     return out
 
 
 def load_index(path: str | os.PathLike) -> TrajectoryIndex:
-    """Reads an index written by `save_index`."""
+    """Reads an index written by `save_index`, index.npz checked against its record.
+
+    Raises:
+        ConfigError: not an index folder. RunDirError: a damaged or missing file, named.
+    """
     path = Path(path)
-    if not (path / "index.json").is_file() or not (path / "index.npz").is_file():
+    if not path.is_dir() or not any((path / n).exists() for n in ("index.json", "index.npz")):
         raise ConfigError(f"{path}: not an index; build one with `python -m wsjax index`")
-    meta = read_json(path / "index.json")
-    with np.load(path / "index.npz", allow_pickle=False) as z:
-        basis = z["basis"] if "basis" in z.files else None
-        return TrajectoryIndex(z["points"], z["model"], z["epoch"], tuple(meta["labels"]),
-                               int(meta["num_params"]), basis, float(meta["threshold"]),
-                               meta["calibration"])
+    fix = "rebuild it with `python -m wsjax index --run ... --out DIR`"
+    meta = read_json(path / "index.json", fix)
+    npz = path / "index.npz"
+    try:
+        check_file(npz, meta.get("files", {}).get("index.npz"), fix)
+        with np.load(npz, allow_pickle=False) as z:
+            basis = z["basis"] if "basis" in z.files else None
+            return TrajectoryIndex(z["points"], z["model"], z["epoch"], tuple(meta["labels"]),
+                                   int(meta["num_params"]), basis, float(meta["threshold"]),
+                                   meta["calibration"])
+    except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+        raise RunDirError(f"{path} is damaged ({type(e).__name__}: {e}); {fix}") from None
 
 
 def identify(index: TrajectoryIndex, checkpoints: np.ndarray,

@@ -86,7 +86,7 @@ def load_tables(run_dir: Path, zoo: Zoo | None = None) -> tuple[dict, str]:
 
     path = Path(run_dir) / "tables.json"
     if path.exists():
-        stored = read_json(path)
+        stored = read_json(path, "recompute it with `python -m experiments.tables --run DIR`")
         if isinstance(stored, dict) and isinstance(stored.get("rows"), list):
             return stored, f"from {path.name}"
         note = (f"{path.name} is not in the format `python -m experiments.tables` writes; "

@@ -11,6 +11,7 @@ import dataclasses
 import datetime
 import hashlib
 import importlib.metadata
+import json
 import os
 import time
 from pathlib import Path
@@ -24,11 +25,20 @@ from wsjax.errors import ConfigError, RunDirError
 from wsjax.models import KERNEL_INITS, get_arch
 from wsjax.sharding import process_block, seed_mesh, shard_members
 from wsjax.store import (
+    RESTART_FIX,
+    DiskFullError,
     atomic_write_json,
+    check_file,
+    create_snapshots,
+    epoch_hashes,
+    fault_point,
     finish_run,
     load_training_state,
     load_zoo,
+    open_snapshots,
     read_json,
+    reset_faults,
+    run_dir_lock,
     save_training_state,
     split_chunks,
 )
@@ -202,10 +212,85 @@ def _prepare_inputs(config: ZooConfig, ds: Dataset) -> Dataset:
                                x_test=x_te.astype(ds.x_test.dtype))
 
 
+def _state_name(epoch: int) -> str:
+    return f"state-{epoch:06d}.npz"
+
+
+def _committed(out: Path, identity: dict) -> dict | None:
+    """What progress.json commits in `out`, its files checked against their records; None
+    for a folder with nothing committed (new, or killed before its first save).
+
+    Raises:
+        RunDirError: a damaged or missing file, or a different zoo; nothing is changed.
+    """
+    progress_path, config_path = out / "progress.json", out / "config.json"
+    if not progress_path.exists():
+        leftovers = [p.name for p in (out / "metrics.npz", *out.glob("state*.npz")) if p.exists()]
+        if leftovers:
+            raise RunDirError(f"{progress_path} is missing (the folder holds "
+                              f"{', '.join(sorted(leftovers))}); {RESTART_FIX}")
+        if config_path.exists():  # a run killed before its first save: nothing to keep
+            _same_zoo(out, read_json(config_path, RESTART_FIX), identity)
+        return None
+    progress = read_json(progress_path, RESTART_FIX)
+    if not isinstance(progress, dict):
+        raise RunDirError(f"{progress_path} is damaged (not a record); {RESTART_FIX}")
+    if "files" not in progress and not progress.get("complete"):
+        raise RunDirError(f"{progress_path} is from an older wsjax (no integrity records); "
+                          f"{RESTART_FIX}")
+    files = progress.get("files", {})  # a complete run of an older wsjax is read unchecked
+    check_file(config_path, files.get("config.json"), RESTART_FIX)
+    _same_zoo(out, read_json(config_path, RESTART_FIX), identity)
+    if progress.get("complete"):
+        load_zoo(out)  # checks every file
+        return progress
+    done = int(progress["completed_epochs"])
+    if done > 0:
+        check_file(out / _state_name(done), files.get(_state_name(done)), RESTART_FIX)
+    open_snapshots(out / "snapshots.npy", files.get("snapshots.npy"), RESTART_FIX)
+    return progress
+
+
+def _same_zoo(out: Path, stored: dict, identity: dict) -> None:
+    if not isinstance(stored, dict) or \
+            {"config": stored.get("config"), "data": stored.get("data")} != identity:
+        raise RunDirError(f"{out}: holds a different zoo (config or data differ); choose "
+                          "another --out or delete that folder")
+
+
+def _discard_training_files(out: Path, identity: dict) -> None:
+    """For --restart: removes what training wrote (progress.json first, so that a kill half-way
+    leaves a folder with nothing committed), keeping a readable config.json of another zoo."""
+    config_path = out / "config.json"
+    if config_path.exists():
+        try:
+            stored = json.loads(config_path.read_bytes())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            stored = None
+        if stored is not None:
+            _same_zoo(out, stored, identity)
+    for p in (out / "progress.json", *out.glob("state*.npz"), out / "metrics.npz",
+              out / "snapshots.npy", config_path):
+        p.unlink(missing_ok=True)
+
+
+def _remove_leftovers(out: Path, progress: dict | None) -> None:
+    """Temporary files of interrupted saves and training states progress.json does not name."""
+    keep = set((progress or {}).get("files", {}))
+    for p in [*out.glob(".*.tmp"), *out.glob("state*.npz")]:
+        if p.name not in keep:
+            p.unlink(missing_ok=True)
+
+
 def run_zoo(config: ZooConfig, out_dir: str | Path, dataset: Dataset | None = None,
             data_dir: str | None = None, progress: bool = True, log=print,
-            stop_after_epoch: int | None = None, mesh=None) -> Path:
+            stop_after_epoch: int | None = None, mesh=None, restart: bool = False,
+            wait: bool = False) -> Path:
     """Trains (or resumes, or finds complete) the zoo described by `config` in `out_dir`.
+
+    The folder is locked while this runs (wsjax.store.run_dir_lock). Its files are checked
+    against their integrity records before anything is written: a damaged one is a RunDirError
+    naming it, and nothing is changed unless `restart` is given.
 
     Args:
         config: the zoo.
@@ -217,47 +302,53 @@ def run_zoo(config: ZooConfig, out_dir: str | Path, dataset: Dataset | None = No
         stop_after_epoch: stop (incomplete, resumable) once this epoch is saved; for tests.
         mesh: a 1-D `jax.sharding.Mesh` over "seeds" (wsjax.sharding.seed_mesh): each chunk's
             members are split over its devices; chunks are padded to a multiple of its size.
+        restart: discard what is in `out_dir` (damaged or not) and train from epoch 0.
+        wait: if another process holds the folder, wait for it instead of failing.
 
     Returns:
         out_dir as a Path.
+
+    Raises:
+        DiskFullError: the disk filled up; the epochs saved before stay, resumable.
     """
+    reset_faults()
     out = Path(out_dir)
     ds = dataset if dataset is not None else load_dataset(config.dataset, data_dir)
     ds = _prepare_inputs(config, ds)
-    resolved = config.resolved()
     identity = {
-        "config": resolved,
+        "config": config.resolved(),
         "data": {"name": ds.name, "source": ds.source, "n_train": len(ds.x_train),
                  "n_test": len(ds.x_test), "fingerprint": dataset_fingerprint(ds)},
     }
+    steps = len(ds.x_train) // identity["config"]["batch_size"]
+    if steps < 1:
+        raise ConfigError(f"{ds.name} has {len(ds.x_train)} training examples, fewer than one "
+                          f"batch of {identity['config']['batch_size']}")
+    out.mkdir(parents=True, exist_ok=True)
+    with run_dir_lock(out, wait=wait, log=log):
+        if restart:
+            _discard_training_files(out, identity)
+        committed = _committed(out, identity)
+        _remove_leftovers(out, committed)
+        if committed is not None and committed.get("complete"):
+            log(f"{out}: already complete, nothing to do")
+            return out
+        try:
+            return _train(config, out, ds, identity, committed, progress, log,
+                          stop_after_epoch, mesh, steps)
+        except DiskFullError as e:
+            raise DiskFullError(f"{e}; the epochs saved before are kept: free some space and "
+                                "rerun the same command to resume") from None
+
+
+def _train(config: ZooConfig, out: Path, ds: Dataset, identity: dict, committed: dict | None,
+           progress: bool, log, stop_after_epoch: int | None, mesh, steps: int) -> Path:
+    """run_zoo's training, in a locked folder whose committed files are checked."""
     spec = get_arch(config.arch)
     trainer = make_trainer(config)
     members = config.seeds
     seeds = np.arange(config.seed_start, config.seed_start + members, dtype=np.int64)
     keys = member_keys(seeds)
-    steps = len(ds.x_train) // resolved["batch_size"]
-    if steps < 1:
-        raise ConfigError(f"{ds.name} has {len(ds.x_train)} training examples, fewer than one "
-                          f"batch of {resolved['batch_size']}")
-
-    out.mkdir(parents=True, exist_ok=True)
-    config_path = out / "config.json"
-    if config_path.exists():
-        stored = read_json(config_path)
-        stored_identity = {"config": stored.get("config"), "data": stored.get("data")}
-        if stored_identity != identity:
-            raise RunDirError(
-                f"{out}: holds a different zoo (config or data differ); choose another --out "
-                "or delete that folder")
-        if (out / "progress.json").exists() and read_json(out / "progress.json").get("complete"):
-            log(f"{out}: already complete, nothing to do")
-            return out
-    else:
-        atomic_write_json(config_path, {**identity, "arch": config.arch,
-                                        "num_params": None, "seeds": seeds.tolist(),
-                                        "epochs": config.epochs,
-                                        "flatten_order": "jax.flatten_util.ravel_pytree"})
-
     x_tr, y_tr = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
     x_te, y_te = jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)
     hp_all = trainer.broadcast_hparams(config.hparams(), members)
@@ -274,28 +365,39 @@ def run_zoo(config: ZooConfig, out_dir: str | Path, dataset: Dataset | None = No
     num_params = int(np.asarray(trainer.flat_params(states[0]))[:, keep].shape[1])
     E = config.epochs
 
-    snap_path, state_path = out / "snapshots.npy", out / "state.npz"
+    snap_path, progress_path = out / "snapshots.npy", out / "progress.json"
     metrics = {
         "test_accuracy": np.zeros((members, E + 1), np.float32),
         "test_loss": np.zeros((members, E + 1), np.float32),
         "train_loss": np.zeros((members, E), np.float32),
         "finite": np.ones((members, E), bool),
     }
-    done, seconds_before = 0, 0.0
-    if state_path.exists() and snap_path.exists():
-        done, metrics, states = load_training_state(state_path, states, chunks, list(metrics))
-        seconds_before = float(read_json(out / "progress.json").get("train_seconds", 0.0))
+    done = 0 if committed is None else int(committed["completed_epochs"])
+    # Training time is summed over resumed sessions, so the report's speed covers the run.
+    seconds_before = 0.0 if committed is None else float(committed.get("train_seconds", 0.0))
+    if done > 0:
+        files = committed["files"]
+        done, metrics, states = load_training_state(out / _state_name(done), states, chunks,
+                                                    list(metrics))
         snapshots = np.load(snap_path, mmap_mode="r+", allow_pickle=False)
         log(f"{out}: resuming after epoch {done} of {E}")
     else:
-        snapshots = np.lib.format.open_memmap(snap_path, mode="w+", dtype=np.float32,
-                                              shape=(members, E + 1, num_params))
+        files = {"config.json": atomic_write_json(
+            out / "config.json", {**identity, "arch": config.arch, "num_params": num_params,
+                                  "seeds": seeds.tolist(), "epochs": E,
+                                  "flatten_order": "jax.flatten_util.ravel_pytree"})}
+        snapshots = create_snapshots(snap_path, (members, E + 1, num_params))
         for c, (idx, _) in enumerate(chunks):
             snapshots[idx, 0] = np.asarray(trainer.flat_params(states[c]))[: len(idx), keep]
             acc, tl = trainer.evaluate(states[c], x_te, y_te)
             metrics["test_accuracy"][idx, 0] = np.asarray(acc)[: len(idx)]
             metrics["test_loss"][idx, 0] = np.asarray(tl)[: len(idx)]
         snapshots.flush()
+        fault_point("snapshots.npy:epoch")
+        files["snapshots.npy"] = {"size": snap_path.stat().st_size,
+                                  "epoch_sha256": epoch_hashes(snapshots, [0])}
+        atomic_write_json(progress_path, {"completed_epochs": 0, "complete": False,
+                                          "files": files})
     if mesh is not None:
         states = [shard_members(s, mesh) for s in states]
         hps = [shard_members(h, mesh) for h in hps]
@@ -319,11 +421,15 @@ def run_zoo(config: ZooConfig, out_dir: str | Path, dataset: Dataset | None = No
             metrics["test_accuracy"][idx, e] = np.asarray(acc)[:n]
             metrics["test_loss"][idx, e] = np.asarray(tl)[:n]
         snapshots.flush()
-        save_training_state(state_path, states, chunks, members, e, metrics)
-        # Training time is summed over resumed sessions, so the report's speed covers the run.
-        atomic_write_json(out / "progress.json", {
-            "completed_epochs": e, "complete": False,
+        fault_point("snapshots.npy:epoch")
+        files["snapshots.npy"]["epoch_sha256"].append(epoch_hashes(snapshots, [e])[0])
+        files.pop(_state_name(e - 1), None)
+        files[_state_name(e)] = save_training_state(out / _state_name(e), states, chunks,
+                                                    members, e, metrics)
+        atomic_write_json(progress_path, {
+            "completed_epochs": e, "complete": False, "files": files,
             "train_seconds": seconds_before + time.perf_counter() - t_start})
+        (out / _state_name(e - 1)).unlink(missing_ok=True)
         dt = time.perf_counter() - t0
         bar.update(1)
         bar.set_postfix(model_steps_s=f"{members * steps / dt:,.0f}",
@@ -335,10 +441,10 @@ def run_zoo(config: ZooConfig, out_dir: str | Path, dataset: Dataset | None = No
     elapsed = time.perf_counter() - t_start
 
     provenance = training_provenance(seconds_before + elapsed, members * steps * E, mesh)
-    finish_run(out, {**read_json(config_path), "num_params": num_params,
-                     "provenance": provenance}, E,
-               {**metrics, "diverged_epoch": diverged_epochs(metrics["finite"]), "seeds": seeds})
-    state_path.unlink(missing_ok=True)
+    finish_run(out, None, E,
+               {**metrics, "diverged_epoch": diverged_epochs(metrics["finite"]), "seeds": seeds},
+               provenance=provenance)
+    (out / _state_name(E)).unlink(missing_ok=True)
     del snapshots
     _summary(out, log, elapsed, E - done, members, steps, spec.name)
     return out
@@ -393,7 +499,8 @@ def _shard_dir(process_id: int) -> str:
 
 def run_zoo_sharded(config, out_dir: str | Path, dataset=None, data_dir: str | None = None,
                     progress: bool = True, log=print, process_id: int | None = None,
-                    num_processes: int | None = None, devices=None) -> Path:
+                    num_processes: int | None = None, devices=None, restart: bool = False,
+                    wait: bool = False) -> Path:
     """Trains this process's block of `config`'s members into its shard of a sharded run.
 
     Args:
@@ -402,6 +509,7 @@ def run_zoo_sharded(config, out_dir: str | Path, dataset=None, data_dir: str | N
             or gathered into one place afterwards).
         process_id, num_processes: default `jax.process_index()` / `jax.process_count()`.
         devices: this process's devices for the seed mesh (default: its local devices).
+        restart, wait: as for `run_zoo`, for this process's shard.
 
     Returns:
         the shard's run directory.
@@ -420,7 +528,7 @@ def run_zoo_sharded(config, out_dir: str | Path, dataset=None, data_dir: str | N
     }
     out.mkdir(parents=True, exist_ok=True)
     if (out / "sharded.json").exists():
-        if read_json(out / "sharded.json") != manifest:
+        if read_json(out / "sharded.json", "delete it and rerun the same commands") != manifest:
             raise RunDirError(f"{out}: holds a different sharded zoo (seeds or process count "
                               "differ); choose another --out or delete that folder")
     elif pid == 0:
@@ -432,4 +540,4 @@ def run_zoo_sharded(config, out_dir: str | Path, dataset=None, data_dir: str | N
         return shard
     sub = dataclasses.replace(config, seeds=hi - lo, seed_start=config.seed_start + lo)
     return run_zoo(sub, shard, dataset=dataset, data_dir=data_dir, progress=progress, log=log,
-                   mesh=seed_mesh(devices))
+                   mesh=seed_mesh(devices), restart=restart, wait=wait)
