@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 WSJAX_MNIST_DIR ?= $(wildcard ../shared/data/mnist)
 export WSJAX_MNIST_DIR
 
-.PHONY: demo test bench bench-table lint clean
+.PHONY: demo test bench bench-smoke bench-table lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ $(VENV)/.peers: $(VENV)/.installed
 bench: $(VENV)/.peers
 	$(PY) -m pytest benchmarks -q -o python_files="bench_*.py" \
 		--benchmark-columns=median,iqr,rounds
+
+# Every benchmark once at a tiny size, untimed: that they run (CI; without PyTorch its cases
+# skip).
+bench-smoke: $(VENV)/.installed
+	$(PY) -m pytest benchmarks -q -o python_files="bench_*.py" --smoke --benchmark-disable
 
 # One table: wsjax against the PyTorch peers, 250 seeds (minutes).
 bench-table: $(VENV)/.peers

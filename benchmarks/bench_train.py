@@ -1,11 +1,15 @@
-"""Zoo training speed under pytest-benchmark: wsjax fast and plain, PyTorch loop and torch.func.
+"""Zoo training speed under pytest-benchmark: every trainer of benchmarks/train_table.py.
 
-    pytest benchmarks/bench_train.py --benchmark-columns=median,iqr,rounds
+    pytest benchmarks/bench_train.py -o python_files="bench_*.py"      # or: make bench
+    pytest benchmarks -o python_files="bench_*.py" --smoke --benchmark-disable   # seconds
 
-A small case (32 seeds, a few hundred optimizer steps) of what benchmarks/train_table.py
-measures at full size; see that script for the setup. The PyTorch cases run a tenth of the
-steps per round (each case's extra_info holds its model-steps per round: divide by the time
-for model-steps/s). PyTorch cases skip without torch.
+A small case (32 members, a few optimizer steps) of what train_table.py measures at full size;
+see that script for the trainers and their setup. The cases are generated from its trainers
+and rows. Every case of a row does the same work per round (members x optimizer steps, its
+`model_steps_per_round`), sized so that the slowest trainer's round takes about a second, so
+that pytest-benchmark's time columns compare like with like; the summary under its table
+(benchmarks/conftest.py) adds model-steps/s and the ratio to torch.func. PyTorch cases skip
+without torch.
 """
 
 from __future__ import annotations
@@ -18,32 +22,34 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import train_table  # noqa: E402
 
-SEEDS = 32
-STEPS = {"ffnn": 200, "cnn": 40, "cnn-bias": 20, "mlp": 40, "lenet": 4}
+MEMBERS = 32
+# Optimizer steps per round and row, for every trainer alike: the slowest trainer of a row
+# (the per-seed PyTorch loop, or the plain vmapped trainer on LeNet) sets the row's size.
+STEPS = {"ffnn": 50, "cnn": 10, "cnn-bias": 10, "mlp": 20, "lenet": 1}
+ROUNDS = 5
+# --smoke: every case runs once at a size that only checks it works.
+SMOKE_MEMBERS, SMOKE_STEPS = 2, 1
 
 
-def _runner(name: str, arch: str):
+@pytest.mark.parametrize("arch", train_table.ROWS)
+@pytest.mark.parametrize("name", train_table.TRAINERS)
+def test_train_speed(benchmark, smoke, name, arch):
+    import jax
+
+    devices = len(jax.local_devices())
+    why = train_table.skip_reason(name, arch, devices)
+    if why:
+        pytest.skip(why)
+    device = None
     if name.startswith("torch"):
         torch = pytest.importorskip("torch", reason="torch is not installed (pip install torch)")
         torch.set_num_threads(1)
-    steps = STEPS[arch] if name.startswith("wsjax") else max(1, STEPS[arch] // 10)
-    make = {"wsjax-fast": lambda: train_table.wsjax_runner(arch, SEEDS, steps, True),
-            "wsjax-fast-1": lambda: train_table.wsjax_runner(arch, SEEDS, steps, True),
-            "wsjax-general": lambda: train_table.wsjax_runner(arch, SEEDS, steps, True,
-                                                              use_kernels=False),
-            "wsjax-plain": lambda: train_table.wsjax_runner(arch, SEEDS, steps, False),
-            "torch-loop": lambda: train_table.torch_loop_runner(
-                arch, SEEDS, steps, train_table.torch_device()),
-            "torch-func": lambda: train_table.torch_func_runner(
-                arch, SEEDS, steps, train_table.torch_device())}[name]
-    return make(), steps
-
-
-@pytest.mark.parametrize("arch", list(train_table.ROWS))
-@pytest.mark.parametrize("name", train_table.TRAINERS)
-def test_train_speed(benchmark, name, arch):
-    if arch not in train_table.PAPER_ROWS and name in ("wsjax-general", "torch-loop"):
-        pytest.skip("the general path is wsjax-fast there; the loop peer is SGD only")
-    run, steps = _runner(name, arch)
-    benchmark.extra_info["model_steps_per_round"] = SEEDS * steps
-    benchmark.pedantic(run, rounds=3, iterations=1)
+        device = train_table.torch_device()
+    members, steps = (SMOKE_MEMBERS, SMOKE_STEPS) if smoke else (MEMBERS, STEPS[arch])
+    run = train_table.RUNNERS[name](arch, members, steps, devices, device)
+    benchmark.group = f"{arch}: {members} members x {steps} optimizer steps per round"
+    benchmark.extra_info.update(arch=arch, trainer=name, members=members, steps=steps,
+                                model_steps_per_round=members * steps, jax_devices=devices)
+    if device:
+        benchmark.extra_info.update(torch_device=device, torch_threads=1)
+    benchmark.pedantic(run, rounds=ROUNDS, iterations=1)

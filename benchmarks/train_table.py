@@ -37,8 +37,22 @@ from collections.abc import Callable
 
 import numpy as np
 
-TRAINERS = ("wsjax-fast", "wsjax-fast-1", "wsjax-general", "wsjax-plain", "torch-loop",
-            "torch-func")
+# The trainers, in the table's order: name -> a function (arch, seeds, steps, devices,
+# torch device) -> runner. `make bench` (bench_train.py) generates its cases from this dict too,
+# so that a trainer added here is benchmarked there.
+RUNNERS: dict[str, Callable[..., Callable[[], float]]] = {
+    "wsjax-fast": lambda arch, seeds, steps, devices, _: wsjax_runner(
+        arch, seeds, steps, True, devices),
+    "wsjax-fast-1": lambda arch, seeds, steps, _, __: wsjax_runner(arch, seeds, steps, True),
+    "wsjax-general": lambda arch, seeds, steps, devices, _: wsjax_runner(
+        arch, seeds, steps, True, devices, use_kernels=False),
+    "wsjax-plain": lambda arch, seeds, steps, _, __: wsjax_runner(arch, seeds, steps, False),
+    "torch-loop": lambda arch, seeds, steps, _, device: torch_loop_runner(
+        arch, seeds, steps, device),
+    "torch-func": lambda arch, seeds, steps, _, device: torch_func_runner(
+        arch, seeds, steps, device),
+}
+TRAINERS = tuple(RUNNERS)
 
 # Rows: the paper's two models (hand kernels; wsjax-general is the general path on them), and
 # three models a user might bring, which only the general path trains.
@@ -63,6 +77,24 @@ def row_settings(row: str) -> tuple:
 
 
 PAPER_ROWS = ("ffnn", "cnn")
+
+
+def skip_reason(name: str, arch: str, devices: int) -> str | None:
+    """Why trainer `name` has no case on row `arch` with `devices` local devices, else None."""
+    if name == "wsjax-fast-1" and devices == 1:
+        return "one device: the same as wsjax-fast"
+    if arch not in PAPER_ROWS and name in ("wsjax-general", "torch-loop"):
+        return "the general path is wsjax-fast there; the loop peer is SGD only"
+    return None
+
+
+def table_steps(fast: int) -> dict[str, int]:
+    """Optimizer steps per repeat of each trainer in this script's table, `fast` for the fast
+    trainers: the slower ones run fewer, so that a repeat takes seconds (rates, not times, are
+    compared there)."""
+    return {"wsjax-fast": fast, "wsjax-fast-1": fast, "wsjax-general": fast,
+            "wsjax-plain": max(1, fast // 4), "torch-loop": max(20, fast // 50),
+            "torch-func": max(1, fast // 8)}
 
 
 def flax_module(row: str):
@@ -312,18 +344,8 @@ def measure_row(arch: str, seeds: int, steps: dict[str, int], repeats: int,
         if name.startswith("torch") and device is None:
             skipped[name] = "torch is not installed (pip install torch)"
             continue
-        if name == "wsjax-fast-1" and cores == 1:
-            continue  # the same as wsjax-fast
-        if arch not in PAPER_ROWS and name in ("wsjax-general", "torch-loop"):
-            continue  # the general path is wsjax-fast there; the loop peer is SGD only
-        make = {"wsjax-fast": lambda n: wsjax_runner(arch, seeds, n, True, cores),
-                "wsjax-fast-1": lambda n: wsjax_runner(arch, seeds, n, True),
-                "wsjax-general": lambda n: wsjax_runner(arch, seeds, n, True, cores,
-                                                        use_kernels=False),
-                "wsjax-plain": lambda n: wsjax_runner(arch, seeds, n, False),
-                "torch-loop": lambda n: torch_loop_runner(arch, seeds, n, device),
-                "torch-func": lambda n: torch_func_runner(arch, seeds, n, device)}[name]
-        runners[name] = make(steps[name])
+        if skip_reason(name, arch, cores) is None:
+            runners[name] = RUNNERS[name](arch, seeds, steps[name], cores, device)
     times = {name: [] for name in runners}
     for _ in range(repeats):
         for name, run in runners.items():
@@ -455,10 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     for arch in a.arch:
         fast = a.steps or {"ffnn": 1000, "cnn": 200, "cnn-bias": 100, "mlp": 200,
                            "lenet": 20}[arch]
-        # the slower trainers run fewer steps per repeat, so that a repeat takes seconds
-        steps = {"wsjax-fast": fast, "wsjax-fast-1": fast, "wsjax-general": fast,
-                 "wsjax-plain": max(1, fast // 4), "torch-loop": max(20, fast // 50),
-                 "torch-func": max(1, fast // 8)}
+        steps = table_steps(fast)
         rows.append(_in_fresh_process(["--arch", arch, "--seeds", str(a.seeds), "--repeats",
                                        str(a.repeats), "--torch-threads",
                                        str(a.torch_threads), "--torch-device",
