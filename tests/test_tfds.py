@@ -146,6 +146,12 @@ def mnist_server(tmp_path):
         server.server_close()
 
 
+def test_any_http_answer_counts_as_reachable(mnist_server):
+    _, url = mnist_server
+    assert data._unreachable(url + "train-labels-idx1-ubyte.gz", 2.0) is None
+    assert data._unreachable(url + "not-there.gz", 2.0) is None  # 404: the network works
+
+
 @pytest.mark.slow
 @needs_tensorflow
 def test_tfds_downloads_prepares_and_reads_mnist_from_a_local_server(

@@ -250,13 +250,14 @@ def _missing_prepare_modules() -> list[str]:
 
 
 def _unreachable(url: str, timeout: float) -> str | None:
-    """Why an HTTP HEAD request for `url` fails within `timeout` seconds, or None if it succeeds.
+    """Why an HTTP HEAD request for `url` gets no answer within `timeout` seconds, or None.
 
     A HEAD request (through any proxy the environment names) proves more than an open socket:
     some networks accept every connection and then answer nothing. Name resolution has no
     timeout of its own, so the request runs in a daemon thread abandoned after `timeout`.
     """
     import threading
+    import urllib.error
     import urllib.request
 
     failure: list[Exception] = []
@@ -265,7 +266,9 @@ def _unreachable(url: str, timeout: float) -> str | None:
         try:
             urllib.request.urlopen(urllib.request.Request(url, method="HEAD"),
                                    timeout=timeout).close()
-        except Exception as e:  # any failure is the answer; it is reported, not raised
+        except urllib.error.HTTPError:
+            pass  # the server answered: the network works, the download reports the rest
+        except Exception as e:  # any other failure is the answer; it is reported, not raised
             failure.append(e)
 
     attempt = threading.Thread(target=head, daemon=True)
