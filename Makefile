@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 WSJAX_MNIST_DIR ?= $(wildcard ../shared/data/mnist)
 export WSJAX_MNIST_DIR
 
-.PHONY: demo test bench bench-smoke bench-table lint clean
+.PHONY: demo test test-online bench bench-smoke bench-table lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,15 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q --durations=10
+
+# MNIST through TensorFlow Datasets, downloaded from a local server and prepared end to end.
+# It needs the tfds extra (TensorFlow, a large install), so `make test` skips it.
+$(VENV)/.tfds: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e ".[tfds]"
+	touch $@
+
+test-online: $(VENV)/.tfds
+	$(PY) -m pytest -q tests/test_tfds.py
 
 # PyTorch is needed by the benchmarks only, never by `make test`.
 $(VENV)/.peers: $(VENV)/.installed

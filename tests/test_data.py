@@ -1,4 +1,4 @@
-"""Data loading: IDX parsing and validation, MNIST pooling, TFDS path, the digits set."""
+"""Data loading: IDX parsing and validation, MNIST pooling, the digits set (TFDS: test_tfds)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from wsjax.data import (
     load_dataset,
     load_digits,
     load_idx_folder,
-    load_tfds_mnist,
     pool_2x2,
     read_idx,
     write_idx,
@@ -119,13 +118,6 @@ def test_count_mismatch(tmp_path):
         load_idx_folder(tmp_path)
 
 
-def test_no_network_and_no_data_dir_says_how_to_work_offline(tmp_path):
-    # An empty TFDS data_dir forces a download/prepare attempt, which cannot succeed here
-    # (no TensorFlow, and in CI no network beyond the package registries).
-    with pytest.raises(DataError, match="--data-dir DIR.*--dataset digits"):
-        load_tfds_mnist(str(tmp_path))
-
-
 def test_cli_reports_bad_data_in_one_line(tmp_path):
     make_folder(tmp_path)
     (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"garbage")
@@ -138,17 +130,6 @@ def test_cli_reports_bad_data_in_one_line(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: ") and "magic number" in lines[0]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "run").exists()
-
-
-def test_tfds_path_with_mock_data():
-    tfds = pytest.importorskip("tensorflow_datasets")
-    with tfds.testing.mock_data(num_examples=24):
-        ds = load_tfds_mnist()
-    assert ds.source == "tfds"
-    assert ds.x_train.shape == (24, 14, 14, 1) and ds.x_test.shape == (24, 14, 14, 1)
-    assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int32
-    assert ds.x_train.min() >= 0.0 and ds.x_train.max() <= 1.0
-    assert set(np.unique(ds.y_train)) <= set(range(10))
 
 
 def test_digits_split_is_fixed_and_shaped():

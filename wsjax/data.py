@@ -9,9 +9,13 @@ MNIST is reduced from 28x28 to 14x14 by 2x2 mean pooling (the paper says only "r
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
+import logging
 import os
+import urllib.parse
+from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
@@ -214,8 +218,94 @@ def load_idx_folder(data_dir: str | os.PathLike) -> Dataset:
     )
 
 
-def _tfds_split_arrays(tfds, split: str, data_dir):
-    source = tfds.data_source("mnist", split=split, data_dir=data_dir)
+# What preparing MNIST through TFDS imports beyond tensorflow-datasets' declared dependencies;
+# each is installed by the `tfds` extra under the same name. (tensorflow-datasets imports
+# importlib_resources while preparing but does not declare it.)
+TFDS_PREPARE_MODULES = ("tensorflow", "importlib_resources")
+TFDS_INSTALL = 'pip install -e ".[tfds]"'
+# Long enough for a slow network to answer one request; short enough that a machine without
+# one hears so at once instead of after TFDS's minutes of download retries.
+REACH_TIMEOUT_S = 5.0
+
+
+def _tfds_error(problem: str) -> DataError:
+    return DataError(f"MNIST through TensorFlow Datasets: {problem}; {_OFFLINE_HINT}")
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+    """Hide TFDS's warnings about a dataset folder that does not exist yet (the normal state
+    before the first download), so that a failure reads as one line."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _missing_prepare_modules() -> list[str]:
+    return [m for m in TFDS_PREPARE_MODULES if find_spec(m) is None]
+
+
+def _unreachable(url: str, timeout: float) -> str | None:
+    """Why an HTTP HEAD request for `url` gets no answer within `timeout` seconds, or None.
+
+    A HEAD request (through any proxy the environment names) proves more than an open socket:
+    some networks accept every connection and then answer nothing. Name resolution has no
+    timeout of its own, so the request runs in a daemon thread abandoned after `timeout`.
+    """
+    import threading
+    import urllib.error
+    import urllib.request
+
+    failure: list[Exception] = []
+
+    def head():
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"),
+                                   timeout=timeout).close()
+        except urllib.error.HTTPError:
+            pass  # the server answered: the network works, the download reports the rest
+        except Exception as e:  # any other failure is the answer; it is reported, not raised
+            failure.append(e)
+
+    attempt = threading.Thread(target=head, daemon=True)
+    attempt.start()
+    attempt.join(timeout)
+    if attempt.is_alive():
+        return f"no answer from {url} within {timeout:g} s"
+    if failure:
+        reason = getattr(failure[0], "reason", failure[0])
+        return f"{url} cannot be reached ({reason})"
+    return None
+
+
+def _prepare_tfds_mnist(builder) -> None:
+    """Download and prepare MNIST, after checking (in seconds) that it can succeed.
+
+    Raises:
+        DataError: TensorFlow (or another module the preparation imports) is missing, or the
+            download host cannot be reached.
+    """
+    missing = _missing_prepare_modules()
+    if missing:
+        raise _tfds_error(
+            f"preparing it the first time needs {', '.join(missing)}: install them with "
+            f"{TFDS_INSTALL} in the wsjax folder, or work offline"
+        )
+    # The MNIST builder names its download folder in URL; one of its files is asked for.
+    folder = getattr(builder, "URL", None)
+    file_url = urllib.parse.urljoin(folder, IDX_FILES["train_labels"] + ".gz") if folder else None
+    why = _unreachable(file_url, REACH_TIMEOUT_S) if file_url else None
+    if why:
+        raise _tfds_error(f"no internet to download it: {why}")
+    builder.download_and_prepare()
+
+
+def _tfds_split_arrays(builder, split: str):
+    source = builder.as_data_source(split=split)
     n = len(source)
     try:
         records = source.__getitems__(list(range(n)))
@@ -231,22 +321,28 @@ def load_tfds_mnist(data_dir: str | None = None) -> Dataset:
 
     Reading a prepared dataset needs no TensorFlow; preparing it (the first download) does,
     through the `tfds` extra. Any failure becomes one DataError that says how to work offline.
+
+    Args:
+        data_dir: TFDS's data folder (default: TFDS's own, `TFDS_DATA_DIR` or
+            ~/tensorflow_datasets); MNIST is downloaded and prepared there the first time.
     """
     try:
         import tensorflow_datasets as tfds
     except ImportError as e:  # pragma: no cover - tfds is a core dependency
-        raise DataError(f"tensorflow-datasets is not installed; {_OFFLINE_HINT}") from e
+        raise _tfds_error(f"tensorflow-datasets is not installed: {TFDS_INSTALL}") from e
     try:
-        x_tr, y_tr = _tfds_split_arrays(tfds, "train", data_dir)
-        x_te, y_te = _tfds_split_arrays(tfds, "test", data_dir)
+        with _quiet_absl():
+            builder = tfds.builder("mnist", data_dir=data_dir, file_format="array_record")
+            prepared = builder.is_prepared()
+        if not prepared:
+            _prepare_tfds_mnist(builder)
+        x_tr, y_tr = _tfds_split_arrays(builder, "train")
+        x_te, y_te = _tfds_split_arrays(builder, "test")
     except DataError:
         raise
     except Exception as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(
-            f"MNIST could not be loaded through TensorFlow Datasets ({type(e).__name__}: "
-            f"{reason[:160]}); {_OFFLINE_HINT}"
-        ) from e
+        raise _tfds_error(f"{type(e).__name__}: {reason[:160]}") from e
     return Dataset(
         name="mnist",
         source="tfds",
