@@ -23,6 +23,9 @@ its top), its step a recorded step, else the last number in its name, else none.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -153,9 +156,27 @@ def _orbax_item(path: Path) -> Path:
 
 
 def _read_orbax(path: Path) -> dict[str, np.ndarray]:
+    import jax
     import orbax.checkpoint as ocp
 
-    return _flatten_tree(ocp.PyTreeCheckpointer().restore(_orbax_item(path)))
+    item = _orbax_item(path)
+    ckptr = ocp.PyTreeCheckpointer()
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:  # what it prints about a damaged folder (warnings, its threads' tracebacks) repeats
+        with contextlib.redirect_stderr(io.StringIO()):  # the one-line error raised below
+            meta = ckptr.metadata(item)
+    finally:
+        absl.setLevel(level)
+    tree = getattr(meta, "item_metadata", meta)
+    tree = getattr(tree, "tree", tree)
+    if not tree:
+        raise DataError(f"{path}: corrupted or truncated Orbax checkpoint (its array metadata "
+                        "cannot be read)")
+    # restored as host numpy arrays: the checkpoint's device sharding does not matter here
+    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    return _flatten_tree(ckptr.restore(item, args=ocp.args.PyTreeRestore(restore_args=as_numpy)))
 
 
 def _read_msgpack(path: Path) -> dict[str, np.ndarray]:
