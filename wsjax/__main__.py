@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import sys
 
+import numpy as np
+
 from wsjax.cli import ArgumentParser, run_cli
 from wsjax.errors import ConfigError
 from wsjax.identify import ORDER_METHODS
+from wsjax.store import atomic_write_json
 
 
 def _parser() -> ArgumentParser:
@@ -45,7 +48,39 @@ def _parser() -> ArgumentParser:
     od.add_argument("--method", default="merge", choices=list(ORDER_METHODS))
     od.add_argument("--json", action="store_true")
     od.add_argument("checkpoints", nargs="+")
+    ln = sub.add_parser("lineage", help="recover which model was fine-tuned from which")
+    ln.add_argument("sources", nargs="+", help="folders of checkpoints (a model per sub-folder)")
+    ln.add_argument("--method", default="trajectory", choices=["trajectory", "mother"],
+                    help="trajectory (ours) or the MoTHer-style baseline")
+    ln.add_argument("--root-cost", type=float, default=None,
+                    help="cost of starting a new tree (default: the method's own)")
+    ln.add_argument("--order-method", default="endpoint", choices=list(ORDER_METHODS))
+    ln.add_argument("--json", default=None, help="write the tree as JSON to this file")
+    ln.add_argument("--plot", default=None, help="draw the tree to STEM.png and STEM.pdf")
     return p
+
+
+def _lineage(args) -> int:
+    from wsjax import identify as vc
+    from wsjax import lineage as lg
+
+    c = vc.collect(args.sources, order_method=args.order_method)
+    models = []
+    for i, name in enumerate(c.labels):
+        sel = np.flatnonzero(c.model == i)
+        sel = sel[np.argsort(c.epoch[sel], kind="stable")]
+        models.append(lg.Model(name, c.x[sel], c.epoch[sel]))
+    kw = {} if args.root_cost is None else dict(root_cost=args.root_cost)
+    edges = (lg.recover_lineage(models, **kw) if args.method == "trajectory"
+             else lg.mother_lineage(models, c.layout, **kw))
+    print(lg.lineage_text(edges))
+    if args.json:
+        atomic_write_json(args.json, lg.lineage_json(edges, args.method))
+    if args.plot:
+        from wsjax.plots import save_figure
+
+        save_figure(lg.plot_lineage(edges, f"lineage ({args.method})"), args.plot)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         vc.save_index(index, args.index)
         _summary(index, args.index)
         return 0
+    if args.command == "lineage":
+        return _lineage(args)
     index = vc.load_index(args.index) if args.command == "identify" else None
     x, names, _ = vc.load_checkpoints(args.checkpoints, index and index.layout)
     if args.command == "identify":
