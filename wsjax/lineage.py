@@ -74,6 +74,15 @@ def _arborescence(names: list[str], cost: dict[tuple[str, str], float],
     return {n: None if parent[n] == _ROOT else parent[n] for n in names}
 
 
+def _tree(models: list[Model], cost: dict, root_cost: float, fork) -> list[Edge]:
+    """Edges of the minimum spanning arborescence, fork(parent, child) -> fork step."""
+    by = {m.name: m for m in models}
+    parent = _arborescence(list(by), cost, dict.fromkeys(by, root_cost))
+    return [Edge(m.name, None, None, root_cost) if parent[m.name] is None
+            else Edge(m.name, parent[m.name], fork(by[parent[m.name]], m),
+                      float(cost[parent[m.name], m.name])) for m in models]
+
+
 def _check(models: list[Model]) -> None:
     if len(models) < 2:
         raise ConfigError("lineage needs at least two models")
@@ -97,20 +106,14 @@ def recover_lineage(models: list[Model], root_cost: float = ROOT_COST) -> list[E
                 dist[p.name, c.name], foot[p.name, c.name] = d, epoch
     scale = {c: float(np.median([d for (_, cc), d in dist.items() if cc == c])) for c in names}
     cost = {(p, c): d / max(scale[c], 1e-300) for (p, c), d in dist.items()}
-    parent = _arborescence(names, cost, dict.fromkeys(names, root_cost))
-    out = []
-    for m in models:
-        p = parent[m.name]
-        if p is None:
-            out.append(Edge(m.name, None, None, root_cost))
-            continue
-        steps = next(q.steps for q in models if q.name == p)
+
+    def fork(parent: Model, child: Model) -> float:
         # the child's first checkpoint is an epoch of training past the fork, and that epoch
         # moves it along the parent's own next step: the fork is the step at or before the foot
-        before = steps[steps <= foot[p, m.name] + 1e-9]
-        k = float(before.max() if len(before) else steps.min())
-        out.append(Edge(m.name, p, k, float(cost[p, m.name])))
-    return out
+        before = parent.steps[parent.steps <= foot[parent.name, child.name] + 1e-9]
+        return float(before.max() if len(before) else parent.steps.min())
+
+    return _tree(models, cost, root_cost, fork)
 
 
 def _kurtosis(x: np.ndarray, layout: Layout | None) -> float:
@@ -139,18 +142,11 @@ def mother_lineage(models: list[Model], layout: Layout | None = None,
     lam = float(np.median(off))
     cost = {(names[i], names[j]): d[i, j] + (lam if kurt[i] > kurt[j] else 0.0)
             for i in range(len(d)) for j in range(len(d)) if i != j}
-    base = root_cost * lam
-    parent = _arborescence(names, cost, dict.fromkeys(names, base))
-    out = []
-    for m in models:
-        p = parent[m.name]
-        if p is None:
-            out.append(Edge(m.name, None, None, base))
-            continue
-        pm = next(q for q in models if q.name == p)
-        k = float(pm.steps[np.argmin(np.linalg.norm(pm.x - m.x[0], axis=1))])
-        out.append(Edge(m.name, p, k, float(cost[p, m.name])))
-    return out
+
+    def fork(parent: Model, child: Model) -> float:
+        return float(parent.steps[np.argmin(np.linalg.norm(parent.x - child.x[0], axis=1))])
+
+    return _tree(models, cost, root_cost * lam, fork)
 
 
 def lineage_agreement(edges: list[Edge], truth: dict[str, tuple[str | None, float | None]],
