@@ -1,4 +1,4 @@
-"""`python -m wsjax index|identify|order`: version control from weights on the command line."""
+"""`python -m wsjax index|add|identify|order|lineage`: version control from weights."""
 
 from __future__ import annotations
 
@@ -9,13 +9,19 @@ import numpy as np
 
 from wsjax.cli import ArgumentParser, run_cli
 from wsjax.errors import ConfigError
+from wsjax.identify import ORDER_METHODS
+from wsjax.store import atomic_write_json
 
 
 def _parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m wsjax", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    ix = sub.add_parser("index", help="index the trajectories of zoo runs")
-    ix.add_argument("--run", action="append", required=True, help="zoo run directory (repeat)")
+    ix = sub.add_parser("index", help="index the checkpoints of folders and zoo runs")
+    ix.add_argument("sources", nargs="*", help="folders of checkpoints (a model per "
+                    "sub-folder) or zoo run directories")
+    ix.add_argument("--run", action="append", default=[], help="zoo run directory (repeat)")
+    ix.add_argument("--order-method", default="endpoint", choices=list(ORDER_METHODS),
+                    help="how to order a model's checkpoints whose names carry no steps")
     ix.add_argument("--svd", type=int, default=None, help="store a rank-K SVD space")
     ix.add_argument("--epochs", default=None, help="comma list of epochs to index (default all)")
     ix.add_argument("--factor", type=float, default=1.0,
@@ -26,18 +32,55 @@ def _parser() -> ArgumentParser:
     ix.add_argument("--beyond-reach", type=float, default=0.25,
                     help="beyond the end only farther than this many last steps from the end")
     ix.add_argument("--out", required=True)
+    ad = sub.add_parser("add", help="add the models of more folders to an index")
+    ad.add_argument("index")
+    ad.add_argument("sources", nargs="+")
+    ad.add_argument("--order-method", default="endpoint", choices=list(ORDER_METHODS))
     idf = sub.add_parser("identify", help="name the model and epoch of checkpoints")
     idf.add_argument("--index", required=True)
     idf.add_argument("--threshold", type=float, default=None, help="override the unknown cutoff")
     idf.add_argument("--beyond-back", type=float, default=None,
                      help="override the index's beyond-the-end cutoff")
     idf.add_argument("--json", action="store_true")
-    idf.add_argument("checkpoints", nargs="+", help=".npy [P] or [n, P], or .npz of params")
+    idf.add_argument("checkpoints", nargs="+", help="checkpoint files (.safetensors, "
+                     ".msgpack, .npz, .npy) or Orbax checkpoint folders")
     od = sub.add_parser("order", help="reconstruct the order of one lineage's checkpoints")
-    od.add_argument("--method", default="merge", choices=["endpoint", "merge", "kurtosis"])
+    od.add_argument("--method", default="merge", choices=list(ORDER_METHODS))
     od.add_argument("--json", action="store_true")
     od.add_argument("checkpoints", nargs="+")
+    ln = sub.add_parser("lineage", help="recover which model was fine-tuned from which")
+    ln.add_argument("sources", nargs="+", help="folders of checkpoints (a model per sub-folder)")
+    ln.add_argument("--method", default="trajectory", choices=["trajectory", "mother"],
+                    help="trajectory (ours) or the MoTHer-style baseline")
+    ln.add_argument("--root-cost", type=float, default=None,
+                    help="cost of starting a new tree (default: the method's own)")
+    ln.add_argument("--order-method", default="endpoint", choices=list(ORDER_METHODS))
+    ln.add_argument("--json", default=None, help="write the tree as JSON to this file")
+    ln.add_argument("--plot", default=None, help="draw the tree to STEM.png and STEM.pdf")
     return p
+
+
+def _lineage(args) -> int:
+    from wsjax import identify as vc
+    from wsjax import lineage as lg
+
+    c = vc.collect(args.sources, order_method=args.order_method)
+    models = []
+    for i, name in enumerate(c.labels):
+        sel = np.flatnonzero(c.model == i)
+        sel = sel[np.argsort(c.epoch[sel], kind="stable")]
+        models.append(lg.Model(name, c.x[sel], c.epoch[sel]))
+    kw = {} if args.root_cost is None else dict(root_cost=args.root_cost)
+    edges = (lg.recover_lineage(models, **kw) if args.method == "trajectory"
+             else lg.mother_lineage(models, c.layout, **kw))
+    print(lg.lineage_text(edges))
+    if args.json:
+        atomic_write_json(args.json, lg.lineage_json(edges, args.method))
+    if args.plot:
+        from wsjax.plots import save_figure
+
+        save_figure(lg.plot_lineage(edges, f"lineage ({args.method})"), args.plot)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,27 +89,26 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "index":
         epochs = None if args.epochs is None else [int(e) for e in args.epochs.split(",")]
-        index = vc.index_from_zoos(args.run, epochs=epochs, svd=args.svd, factor=args.factor,
-                                   quantile=args.quantile, beyond_back=args.beyond_back,
-                                   beyond_reach=args.beyond_reach)
+        sources = args.sources + args.run
+        if not sources:
+            raise ConfigError("give at least one folder of checkpoints or --run zoo directory")
+        index = vc.index_from_folders(sources, epochs=epochs, svd=args.svd,
+                                      order_method=args.order_method, factor=args.factor,
+                                      quantile=args.quantile, beyond_back=args.beyond_back,
+                                      beyond_reach=args.beyond_reach)
         vc.save_index(index, args.out)
-        b = index.calibration["beyond"]
-        rates = "" if b["llo_tpr"] is None or b["loo_fpr"] is None else (
-            f" (leave-last-out TPR {b['llo_tpr']:.2f}, leave-one-out FPR {b['loo_fpr']:.3f})")
-        print(f"indexed {len(index.labels)} trajectories, {len(index.points)} snapshots, "
-              f"threshold {index.threshold:.4g}, beyond-end cutoff {b['back']:.2f}{rates} "
-              f"-> {args.out}")
+        _summary(index, args.out)
         return 0
-    names, xs = [], []
-    for path in args.checkpoints:
-        x = vc.load_checkpoints(path)
-        xs.append(x)
-        names += [path] if len(x) == 1 else [f"{path}[{i}]" for i in range(len(x))]
-    if len({x.shape[1] for x in xs}) > 1:
-        raise vc.DimensionMismatchError("checkpoints of different sizes (architectures) given")
-    x = np.concatenate(xs)
+    if args.command == "add":
+        index = vc.add_folders(vc.load_index(args.index), args.sources, args.order_method)
+        vc.save_index(index, args.index)
+        _summary(index, args.index)
+        return 0
+    if args.command == "lineage":
+        return _lineage(args)
+    index = vc.load_index(args.index) if args.command == "identify" else None
+    x, names, _ = vc.load_checkpoints(args.checkpoints, index and index.layout)
     if args.command == "identify":
-        index = vc.load_index(args.index)
         res = vc.identify(index, x, threshold=args.threshold, beyond_back=args.beyond_back)
         if args.json:
             rows = [dict(checkpoint=n, **r.to_json()) for n, r in zip(names, res, strict=True)]
@@ -93,6 +135,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{rank:4d}  {names[i]}")
         return 0
     return 2
+
+
+def _summary(index, out) -> None:
+    b = index.calibration["beyond"]
+    rates = "" if b["llo_tpr"] is None or b["loo_fpr"] is None else (
+        f" (leave-last-out TPR {b['llo_tpr']:.2f}, leave-one-out FPR {b['loo_fpr']:.3f})")
+    print(f"indexed {len(index.labels)} trajectories, {len(index.points)} snapshots, "
+          f"threshold {index.threshold:.4g}, beyond-end cutoff {b['back']:.2f}{rates} "
+          f"-> {out}")
 
 
 if __name__ == "__main__":

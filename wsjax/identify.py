@@ -13,6 +13,7 @@ the order of one lineage's checkpoints.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,17 +21,19 @@ from pathlib import Path
 import numpy as np
 import scipy.stats
 
+from wsjax.checkpoints import Layout, LayoutMismatchError
 from wsjax.errors import ConfigError, DataError, RunDirError
 from wsjax.store import atomic_save_npz, atomic_write_json, check_file, read_json
 
 __all__ = ["TrajectoryIndex", "Identification", "DimensionMismatchError", "build_index",
-           "index_from_zoos", "save_index", "load_index", "identify", "order_checkpoints",
-           "order_agreement", "ORDER_METHODS", "load_checkpoints"]
+           "add_to_index", "index_from_zoos", "index_from_folders", "add_folders", "collect",
+           "Collection", "zoo_layout", "save_index", "load_index", "identify",
+           "order_checkpoints", "order_agreement", "ORDER_METHODS", "load_checkpoints"]
 
 ORDER_METHODS = ("endpoint", "merge", "kurtosis")
 
 
-class DimensionMismatchError(ConfigError):
+class DimensionMismatchError(LayoutMismatchError):
     """A checkpoint's length is not the index's weight-space dimension (another architecture)."""
 
 
@@ -47,6 +50,10 @@ class TrajectoryIndex:
         basis: float64 [k, P] SVD right singular vectors, or None (full space).
         threshold: distance above which a checkpoint is "unknown".
         calibration: how the threshold was set (JSON-able).
+        layout: names, shapes and dtypes of the checkpoints (`wsjax.checkpoints.Layout`).
+        origins: per model label, where it came from and how its order was found.
+        stats: the leave-out statistics the calibration came from (for `add_to_index`), or
+            None for an index written before they were kept.
     """
 
     points: np.ndarray
@@ -57,6 +64,9 @@ class TrajectoryIndex:
     basis: np.ndarray | None
     threshold: float
     calibration: dict
+    layout: Layout | None = None
+    stats: _Stats | None = None
+    origins: dict | None = None
 
     def project(self, x: np.ndarray) -> np.ndarray:
         """[n, P] -> [n, D]; refuses another dimension with DimensionMismatchError."""
@@ -160,8 +170,98 @@ def _extra_epochs(r_end: float, pts: np.ndarray, eps: np.ndarray) -> float:
 BEYOND_DEFAULTS = dict(back=0.5, reach=0.25, guard=2.0)
 
 
-def _beyond_calibration(points: np.ndarray, model: np.ndarray, epoch: np.ndarray,
-                        back: float | None, reach: float, guard: float) -> dict:
+def _trajectories(model: np.ndarray, epoch: np.ndarray) -> dict[int, np.ndarray]:
+    """Trajectory id -> its point indices in epoch order."""
+    out = {}
+    for m in np.unique(model):
+        sel = np.flatnonzero(model == m)
+        out[int(m)] = sel[np.argsort(epoch[sel], kind="stable")]
+    return out
+
+
+def _own_stats(points: np.ndarray, epoch: np.ndarray, sel: np.ndarray):
+    """Leave-out statistics of one trajectory (point indices `sel` in epoch order).
+
+    Returns (loo {point: distance to the trajectory without it}, for every point but the
+    first; pos, neg: the end geometry (see `_end_geometry`) of the last and the second-to-last
+    snapshot against the trajectory without it, or None for fewer than 3 snapshots).
+    """
+    loo = {}
+    for i in range(1, len(sel)):
+        rest = np.delete(sel, i)
+        loo[int(sel[i])] = _segment_distance(points[sel[i]], points[rest], epoch[rest])[0]
+    pos = neg = None
+    if len(sel) >= 3:
+        pts, eps = points[sel], epoch[sel]
+        for i in (len(sel) - 2, len(sel) - 1):
+            rest = np.delete(pts, i, axis=0)
+            d, _, _, j, _ = _segment_distance(pts[i], rest, np.delete(eps, i))
+            geom = _end_geometry(pts[i], rest, j, d)
+            if i == len(sel) - 1:
+                pos = geom
+            else:
+                neg = geom
+    return loo, pos, neg
+
+
+def _nearest_other(points: np.ndarray, epoch: np.ndarray, trajs: dict, rows: np.ndarray,
+                   own: int, against) -> np.ndarray:
+    """Distance of each point in `rows` (of trajectory `own`) to the nearest trajectory among
+    `against` (ids) other than its own; inf when there is none."""
+    out = np.full(len(rows), np.inf)
+    for k in against:
+        if k == own:
+            continue
+        o = trajs[k]
+        d = [_segment_distance(points[i], points[o], epoch[o])[0] for i in rows]
+        out = np.minimum(out, d)
+    return out
+
+
+@dataclass(frozen=True)
+class _Stats:
+    """Per-point and per-trajectory leave-out statistics, kept in the index so that adding
+    models recalibrates without recomputing the old ones.
+
+    loo, other: float [N], NaN for each trajectory's first snapshot (skipped); other is inf
+    with a single trajectory. pos, neg: float [M, 3] end geometry (back, reach, ratio) of
+    each trajectory's last / second-to-last snapshot, NaN rows for short trajectories.
+    """
+
+    loo: np.ndarray
+    other: np.ndarray
+    pos: np.ndarray
+    neg: np.ndarray
+
+
+def _compute_stats(points: np.ndarray, model: np.ndarray, epoch: np.ndarray,
+                   new: range, old: _Stats | None = None) -> _Stats:
+    """Statistics of trajectories `new` (ids), and the old trajectories' nearest-other
+    distances updated against the new ones (`old` holds the rest)."""
+    trajs = _trajectories(model, epoch)
+    n, m = len(points), max(trajs) + 1
+    loo, other = np.full(n, np.nan), np.full(n, np.nan)
+    pos, neg = np.full((m, 3), np.nan), np.full((m, 3), np.nan)
+    if old is not None:
+        k = len(old.loo)
+        loo[:k], other[:k] = old.loo, old.other
+        pos[: len(old.pos)], neg[: len(old.neg)] = old.pos, old.neg
+    for t, sel in trajs.items():
+        rows = sel[1:]
+        if t in new:
+            own, p, q = _own_stats(points, epoch, sel)
+            loo[list(own)] = list(own.values())
+            pos[t] = np.nan if p is None else p
+            neg[t] = np.nan if q is None else q
+            other[rows] = _nearest_other(points, epoch, trajs, rows, t, trajs)
+        else:
+            other[rows] = np.minimum(other[rows],
+                                     _nearest_other(points, epoch, trajs, rows, t, new))
+    return _Stats(loo, other, pos, neg)
+
+
+def _beyond_calibration(stats: _Stats, back: float | None, reach: float,
+                        guard: float) -> dict:
     """The beyond-the-end rule, calibrated on the index by leaving points out.
 
     Positives (leave-last-out): each trajectory's last snapshot against the trajectory without
@@ -174,17 +274,8 @@ def _beyond_calibration(points: np.ndarray, model: np.ndarray, epoch: np.ndarray
     between the ideal 1 for interior and 0 for beyond points; the range keeps a few stray
     calibration points from pushing it to an extreme).
     """
-    pos, neg = [], []
-    for m in np.unique(model):
-        sel = np.flatnonzero(model == m)
-        sel = sel[np.argsort(epoch[sel], kind="stable")]
-        pts = points[sel]
-        if len(pts) < 3:
-            continue
-        for i in (len(pts) - 2, len(pts) - 1):
-            rest = np.delete(pts, i, axis=0)
-            d, _, _, j, _ = _segment_distance(pts[i], rest, np.delete(epoch[sel], i))
-            (pos if i == len(pts) - 1 else neg).append(_end_geometry(pts[i], rest, j, d))
+    pos = [tuple(g) for g in stats.pos if np.isfinite(g[1])]
+    neg = [tuple(g) for g in stats.neg if np.isfinite(g[1])]
     rule = dict(BEYOND_DEFAULTS, reach=reach, guard=guard)
 
     def rates(b):
@@ -206,73 +297,15 @@ def _beyond_calibration(points: np.ndarray, model: np.ndarray, epoch: np.ndarray
                 llo_n=len(pos), loo_n=len(neg))
 
 
-def _loo_distances(points: np.ndarray, model: np.ndarray, epoch: np.ndarray) -> np.ndarray:
-    """Each snapshot's distance to its own trajectory without it (each model's first skipped)."""
-    out = []
-    for m in np.unique(model):
-        sel = np.flatnonzero(model == m)
-        sel = sel[np.argsort(epoch[sel], kind="stable")]
-        for i in range(1, len(sel)):
-            rest = np.delete(sel, i)
-            out.append(_segment_distance(points[sel[i]], points[rest], epoch[rest])[0])
-    return np.asarray(out)
-
-
-def _other_distances(points: np.ndarray, model: np.ndarray, epoch: np.ndarray) -> np.ndarray:
-    """Each snapshot's distance to the nearest OTHER trajectory (each model's first skipped)."""
-    trajs = {}
-    for m in np.unique(model):
-        sel = np.flatnonzero(model == m)
-        sel = sel[np.argsort(epoch[sel], kind="stable")]
-        trajs[m] = sel
-    out = []
-    for m, sel in trajs.items():
-        for i in sel[1:]:
-            out.append(min(_segment_distance(points[i], points[o], epoch[o])[0]
-                           for k, o in trajs.items() if k != m))
-    return np.asarray(out)
-
-
-def build_index(snapshots: np.ndarray, model: np.ndarray, epoch: np.ndarray,
-                labels: list[str] | None = None, svd: int | None = None,
-                threshold: float | None = None, factor: float = 1.0,
-                quantile: float = 1.0, beyond_back: float | None = None,
-                beyond_reach: float = BEYOND_DEFAULTS["reach"],
-                beyond_guard: float = BEYOND_DEFAULTS["guard"]) -> TrajectoryIndex:
-    """Builds an index from snapshots [N, P] with trajectory ids model [N] and epochs [N].
-
-    The unknown threshold (unless `threshold` is given) is calibrated on the index itself:
-    own = quantile(leave-one-epoch-out distance of each snapshot to its own trajectory),
-    other = min(distance of each snapshot to the nearest other trajectory), and
-    threshold = factor * sqrt(own * other), the geometric midpoint between how far a member can
-    stray from its own trajectory and how close a different model comes (with one trajectory:
-    factor * 2 * own). `svd=k` stores the points in a rank-k truncated SVD (no centering).
-
-    The beyond-the-end rule (see `identify`) is stored in calibration["beyond"]: its cutoff on
-    `back` is calibrated by leave-last-out / leave-one-out on the index unless `beyond_back`
-    is given; `beyond_reach` and `beyond_guard` are fixed.
-    """
-    x = np.asarray(snapshots, dtype=np.float64)
-    model = np.asarray(model)
-    epoch = np.asarray(epoch, dtype=np.float64)
-    if x.ndim != 2 or model.shape != (len(x),) or epoch.shape != (len(x),):
-        raise ConfigError("build_index needs snapshots [N, P], model [N] and epoch [N]")
-    uniq, model = np.unique(model, return_inverse=True)
-    labels = tuple(labels) if labels is not None else tuple(str(u) for u in uniq)
-    if len(labels) != len(uniq):
-        raise ConfigError(f"{len(labels)} labels for {len(uniq)} trajectories")
-    basis = None
-    if svd is not None:
-        if not 1 <= svd <= min(x.shape):
-            raise ConfigError(f"--svd {svd} must be between 1 and {min(x.shape)}")
-        basis = np.linalg.svd(x, full_matrices=False)[2][:svd]
-        points = x @ basis.T
-    else:
-        points = x
-    loo = _loo_distances(points, model, epoch)
-    other = _other_distances(points, model, epoch) if len(uniq) > 1 else np.zeros(0)
+def _calibrate(stats: _Stats, threshold: float | None, factor: float, quantile: float,
+               beyond_back: float | None, beyond_reach: float,
+               beyond_guard: float) -> tuple[float, dict]:
+    """(threshold, calibration) from the leave-out statistics (see `build_index`)."""
+    loo = stats.loo[np.isfinite(stats.loo)]
+    other = stats.other[np.isfinite(stats.other)]
     own = float(np.quantile(loo, quantile)) if len(loo) else None
     nearest_other = float(other.min()) if len(other) else None
+    fixed = threshold is not None
     if threshold is None:
         if own is None:
             raise ConfigError("cannot calibrate a threshold: every trajectory has one snapshot")
@@ -285,36 +318,249 @@ def build_index(snapshots: np.ndarray, model: np.ndarray, epoch: np.ndarray,
     calibration = dict(factor=factor, quantile=quantile, own=own, nearest_other=nearest_other,
                        loo_median=float(np.median(loo)) if len(loo) else None,
                        other_median=float(np.median(other)) if len(other) else None,
-                       beyond=_beyond_calibration(points, model, epoch, beyond_back,
-                                                  beyond_reach, beyond_guard))
+                       fixed_threshold=float(threshold) if fixed else None,
+                       beyond=_beyond_calibration(stats, beyond_back, beyond_reach,
+                                                  beyond_guard))
+    return float(threshold), calibration
+
+
+def build_index(snapshots: np.ndarray, model: np.ndarray, epoch: np.ndarray,
+                labels: list[str] | None = None, svd: int | None = None,
+                threshold: float | None = None, factor: float = 1.0,
+                quantile: float = 1.0, beyond_back: float | None = None,
+                beyond_reach: float = BEYOND_DEFAULTS["reach"],
+                beyond_guard: float = BEYOND_DEFAULTS["guard"],
+                layout: Layout | None = None) -> TrajectoryIndex:
+    """Builds an index from snapshots [N, P] with trajectory ids model [N] and epochs [N].
+
+    The unknown threshold (unless `threshold` is given) is calibrated on the index itself:
+    own = quantile(leave-one-epoch-out distance of each snapshot to its own trajectory),
+    other = min(distance of each snapshot to the nearest other trajectory), and
+    threshold = factor * sqrt(own * other), the geometric midpoint between how far a member can
+    stray from its own trajectory and how close a different model comes (with one trajectory:
+    factor * 2 * own). `svd=k` stores the points in a rank-k truncated SVD (no centering).
+
+    The beyond-the-end rule (see `identify`) is stored in calibration["beyond"]: its cutoff on
+    `back` is calibrated by leave-last-out / leave-one-out on the index unless `beyond_back`
+    is given; `beyond_reach` and `beyond_guard` are fixed. `layout`: the checkpoints' layout
+    (default: a flat vector of P weights).
+    """
+    x = np.asarray(snapshots, dtype=np.float64)
+    model = np.asarray(model)
+    epoch = np.asarray(epoch, dtype=np.float64)
+    if x.ndim != 2 or model.shape != (len(x),) or epoch.shape != (len(x),):
+        raise ConfigError("build_index needs snapshots [N, P], model [N] and epoch [N]")
+    uniq, model = np.unique(model, return_inverse=True)
+    labels = tuple(labels) if labels is not None else tuple(str(u) for u in uniq)
+    if len(labels) != len(uniq):
+        raise ConfigError(f"{len(labels)} labels for {len(uniq)} trajectories")
+    layout = Layout.flat_of(x.shape[1]) if layout is None else layout
+    if layout.size != x.shape[1]:
+        raise ConfigError(f"layout of {layout.size} weights for {x.shape[1]}-weight snapshots")
+    basis = None
+    if svd is not None:
+        if not 1 <= svd <= min(x.shape):
+            raise ConfigError(f"--svd {svd} must be between 1 and {min(x.shape)}")
+        basis = np.linalg.svd(x, full_matrices=False)[2][:svd]
+        points = x @ basis.T
+    else:
+        points = x
+    stats = _compute_stats(points, model, epoch, range(len(uniq)))
+    threshold, calibration = _calibrate(stats, threshold, factor, quantile, beyond_back,
+                                        beyond_reach, beyond_guard)
     return TrajectoryIndex(points=points, model=model.astype(np.int64), epoch=epoch,
                            labels=labels, num_params=x.shape[1], basis=basis,
-                           threshold=float(threshold), calibration=calibration)
+                           threshold=threshold, calibration=calibration, layout=layout,
+                           stats=stats)
+
+
+def add_to_index(index: TrajectoryIndex, snapshots: np.ndarray, model: np.ndarray,
+                 epoch: np.ndarray, labels: list[str], layout: Layout | None = None,
+                 where: str = "checkpoints") -> TrajectoryIndex:
+    """The index with more models added, equal to rebuilding it from all the models.
+
+    snapshots [n, P], model [n] ids of the new trajectories (named by `labels`), epoch [n].
+    Only the new trajectories' leave-out statistics and the old ones' distances to the new
+    ones are computed; the threshold and beyond-the-end cutoff are recalibrated with the
+    index's own settings. An index in an SVD space cannot grow (its basis was fitted to its
+    points): rebuild it.
+    """
+    if index.basis is not None:
+        raise ConfigError("this index lives in an SVD space fitted to its models; rebuild it "
+                          "with `python -m wsjax index` instead of adding")
+    if index.stats is None:
+        raise ConfigError("this index was written without its calibration statistics; "
+                          "rebuild it with `python -m wsjax index`")
+    x = np.asarray(snapshots, dtype=np.float64)
+    index.layout.check(Layout.flat_of(x.shape[1]) if layout is None else layout, where)
+    uniq, inv = np.unique(np.asarray(model), return_inverse=True)
+    if len(labels) != len(uniq):
+        raise ConfigError(f"{len(labels)} labels for {len(uniq)} trajectories")
+    clash = sorted(set(labels) & set(index.labels))
+    if clash:
+        raise ConfigError(f"model {clash[0]} is already in the index; give it another folder "
+                          "name or rebuild the index")
+    m0 = len(index.labels)
+    points = np.concatenate([index.points, x])
+    models = np.concatenate([index.model, m0 + inv.astype(np.int64)])
+    epochs = np.concatenate([index.epoch, np.asarray(epoch, dtype=np.float64)])
+    stats = _compute_stats(points, models, epochs, range(m0, m0 + len(uniq)), index.stats)
+    cal, beyond = index.calibration, index.calibration["beyond"]
+    threshold, calibration = _calibrate(
+        stats, cal.get("fixed_threshold"), cal["factor"], cal["quantile"],
+        None if beyond["calibrated"] else beyond["back"], beyond["reach"], beyond["guard"])
+    return TrajectoryIndex(points=points, model=models, epoch=epochs,
+                           labels=index.labels + tuple(labels), num_params=index.num_params,
+                           basis=None, threshold=threshold, calibration=calibration,
+                           layout=index.layout, stats=stats)
+
+
+def zoo_layout(config: dict, num_params: int) -> Layout:
+    """The layout of a zoo run's snapshots: its architecture's parameters, in the order the
+    run flattened them (kernels only for a kernels-only zoo); flat if it cannot be rebuilt."""
+    from wsjax.models import example_input, get_arch
+    from wsjax.params import param_layout
+    from wsjax.zoo import ZooConfig
+
+    try:
+        cfg = ZooConfig(**{k: v for k, v in config["config"].items()
+                           if k in ZooConfig.__dataclass_fields__})
+        spec = get_arch(cfg.arch)
+        import jax
+
+        params = spec.make_module(**cfg.module_options()).init(
+            jax.random.key(0), example_input(spec))["params"]
+    except (KeyError, TypeError, ValueError):
+        return Layout.flat_of(num_params)
+    rows = [(n, s) for n, s, _ in param_layout(params)
+            if not cfg.kernels_only or n.endswith("kernel")]
+    layout = Layout(tuple(n for n, _ in rows), tuple(s for _, s in rows),
+                    ("float32",) * len(rows))
+    return layout if layout.size == num_params else Layout.flat_of(num_params)
+
+
+@dataclass(frozen=True)
+class Collection:
+    """Checkpoints gathered for an index: x float64 [N, P], model [N] ids into labels,
+    epoch [N] (a step, or a rank recovered from the weights), their layout, and per model
+    where it came from and how its order was found."""
+
+    x: np.ndarray
+    model: np.ndarray
+    epoch: np.ndarray
+    labels: list[str]
+    layout: Layout
+    origins: dict
+
+
+def _is_zoo_run(path: Path) -> bool:
+    """A run directory, whole or damaged: any of its own files marks it (reading it then names
+    what is missing), so a damaged run is never taken for a folder of checkpoints."""
+    own = ("progress.json", "sharded.json", "shards")
+    return any((path / name).exists() for name in own) or (
+        (path / "config.json").is_file() and (path / "snapshots.npy").is_file())
+
+
+def collect(sources: list[str | os.PathLike], epochs: list[int] | None = None,
+            order_method: str = "endpoint") -> Collection:
+    """Every checkpoint of `sources`: zoo run directories (each healthy member a model,
+    `epochs` the snapshots kept) and folders of checkpoints (`wsjax.checkpoints.scan_folder`:
+    a model per sub-folder). A model's checkpoints are ordered by their steps (recorded, or
+    the numbers in their names) when each has a distinct one, else by `order_checkpoints`
+    with `order_method`, their rank then standing for the epoch. Every checkpoint is read
+    and checked before anything is returned: one unreadable file or one other layout fails
+    the whole collection (DataError / LayoutMismatchError)."""
+    from wsjax.checkpoints import read_checkpoint, scan_folder
+    from wsjax.store import load_zoo
+
+    xs, ms, es, labels, origins = [], [], [], [], {}
+    layout, first = None, None
+
+    def admit(lay: Layout, where: str):
+        nonlocal layout, first
+        if layout is None:
+            layout, first = lay, where
+        else:
+            diff = layout.difference(lay)
+            if diff is not None:
+                raise LayoutMismatchError(f"{where}: {diff.replace('the index', first)}")
+
+    for src in map(Path, sources):
+        if _is_zoo_run(src):
+            zoo = load_zoo(src)
+            if not zoo.healthy().any():
+                continue
+            admit(zoo_layout(zoo.config, zoo.snapshots.shape[-1]), str(src))
+            keep = np.arange(zoo.snapshots.shape[1]) if epochs is None else np.asarray(epochs)
+            x, seed, epoch = zoo.points(epochs=keep)
+            seeds = np.unique(seed)
+            xs.append(x)
+            ms.append(len(labels) + np.searchsorted(seeds, seed))
+            es.append(np.asarray(epoch, dtype=np.float64))
+            for s in seeds:
+                labels.append(f"{src.name}:seed{int(s)}")
+                origins[labels[-1]] = dict(source=str(src), order="epochs")
+            continue
+        found = scan_folder(src)
+        if not found:
+            raise DataError(f"{src}: no checkpoints found (files ending in "
+                            ".msgpack/.safetensors/.npz/.npy, or Orbax folders)")
+        by_model: dict[str, list] = {}
+        for ck in found:
+            x, lay, step = read_checkpoint(ck.path)
+            if len(x) != 1:
+                raise DataError(f"{ck.path}: holds {len(x)} checkpoints; in a folder, save "
+                                "one checkpoint per file")
+            admit(lay, str(ck.path))
+            by_model.setdefault(ck.model, []).append((x[0], ck.step if step is None else step))
+        for name, items in by_model.items():
+            if name in labels:
+                raise ConfigError(f"model {name} appears in two sources; give the folders "
+                                  "distinct names")
+            x = np.stack([v for v, _ in items])
+            steps = [s for _, s in items]
+            if all(s is not None for s in steps) and len(set(steps)) == len(steps):
+                epoch, how = np.asarray(steps, dtype=np.float64), "steps"
+            else:
+                rank = np.empty(len(x))
+                rank[order_checkpoints(x, order_method)] = np.arange(len(x))
+                epoch, how = rank, f"weights:{order_method}"
+            xs.append(x)
+            ms.append(np.full(len(x), len(labels)))
+            es.append(epoch)
+            labels.append(name)
+            origins[name] = dict(source=str(src), order=how)
+    if not xs:
+        raise ConfigError("no healthy members or checkpoints in the given sources")
+    return Collection(np.concatenate(xs), np.concatenate(ms), np.concatenate(es), labels,
+                      layout, origins)
+
+
+def index_from_folders(sources: list[str | os.PathLike], epochs: list[int] | None = None,
+                       svd: int | None = None, order_method: str = "endpoint",
+                       **kw) -> TrajectoryIndex:
+    """An index of the checkpoints in `sources` (zoo runs and folders; see `collect`)."""
+    c = collect(sources, epochs=epochs, order_method=order_method)
+    index = build_index(c.x, c.model, c.epoch, c.labels, svd=svd, layout=c.layout, **kw)
+    return dataclasses.replace(index, origins=c.origins)
 
 
 def index_from_zoos(run_dirs: list[str | os.PathLike], epochs: list[int] | None = None,
                     svd: int | None = None, **kw) -> TrajectoryIndex:
     """An index of every healthy member of the zoos in `run_dirs` (epochs: which to keep)."""
-    from wsjax.store import load_zoo
+    return index_from_folders(run_dirs, epochs=epochs, svd=svd, **kw)
 
-    xs, ms, es, labels = [], [], [], []
-    for r in run_dirs:
-        zoo = load_zoo(r)
-        if not zoo.healthy().any():
-            continue
-        keep = np.arange(zoo.snapshots.shape[1]) if epochs is None else np.asarray(epochs)
-        x, seed, epoch = zoo.points(epochs=keep)
-        seeds = np.unique(seed)
-        xs.append(x)
-        ms.append(len(labels) + np.searchsorted(seeds, seed))
-        es.append(epoch)
-        labels += [f"{Path(r).name}:seed{int(s)}" for s in seeds]
-    if not xs:
-        raise ConfigError("no healthy members in the given runs")
-    if len({x.shape[1] for x in xs}) > 1:
-        raise DimensionMismatchError("the runs hold different architectures; index them apart")
-    return build_index(np.concatenate(xs), np.concatenate(ms), np.concatenate(es), labels,
-                       svd=svd, **kw)
+
+def add_folders(index: TrajectoryIndex, sources: list[str | os.PathLike],
+                order_method: str = "endpoint") -> TrajectoryIndex:
+    """`add_to_index` with the checkpoints of `sources` (see `collect`)."""
+    c = collect(sources, order_method=order_method)
+    grown = add_to_index(index, c.x, c.model, c.epoch, c.labels, layout=c.layout,
+                         where=", ".join(map(str, sources)))
+    return dataclasses.replace(grown, origins={**(index.origins or {}), **c.origins})
+
+
+_STAT_ARRAYS = ("loo", "other", "pos", "neg")
 
 
 def save_index(index: TrajectoryIndex, out: str | os.PathLike) -> Path:
@@ -325,12 +571,15 @@ def save_index(index: TrajectoryIndex, out: str | os.PathLike) -> Path:
     arrays = dict(points=index.points, model=index.model, epoch=index.epoch)
     if index.basis is not None:
         arrays["basis"] = index.basis
+    if index.stats is not None:
+        arrays.update({f"stats_{k}": getattr(index.stats, k) for k in _STAT_ARRAYS})
     record = atomic_save_npz(out / "index.npz", **arrays)
+    layout = index.layout or Layout.flat_of(index.num_params)
     atomic_write_json(out / "index.json", dict(
         format=1, labels=list(index.labels), num_params=index.num_params,
         threshold=index.threshold, calibration=index.calibration,
         svd=None if index.basis is None else int(index.basis.shape[0]),
-        files={"index.npz": record}))
+        layout=layout.to_json(), origins=index.origins, files={"index.npz": record}))
     return out
 
 
@@ -350,9 +599,14 @@ def load_index(path: str | os.PathLike) -> TrajectoryIndex:
         check_file(npz, meta.get("files", {}).get("index.npz"), fix)
         with np.load(npz, allow_pickle=False) as z:
             basis = z["basis"] if "basis" in z.files else None
+            stats = (_Stats(*(z[f"stats_{k}"] for k in _STAT_ARRAYS))
+                     if "stats_loo" in z.files else None)
+            layout = (Layout.from_json(meta["layout"]) if meta.get("layout")
+                      else Layout.flat_of(int(meta["num_params"])))
             return TrajectoryIndex(z["points"], z["model"], z["epoch"], tuple(meta["labels"]),
                                    int(meta["num_params"]), basis, float(meta["threshold"]),
-                                   meta["calibration"])
+                                   meta["calibration"], layout=layout, stats=stats,
+                                   origins=meta.get("origins"))
     except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:
         raise RunDirError(f"{path} is damaged ({type(e).__name__}: {e}); {fix}") from None
 
@@ -405,29 +659,28 @@ def identify(index: TrajectoryIndex, checkpoints: np.ndarray,
     return out
 
 
-def load_checkpoints(path: str | os.PathLike) -> np.ndarray:
-    """A .npy of [P] or [n, P] weights, or an .npz of a params pytree's leaves -> [n, P].
+def load_checkpoints(paths: list[str | os.PathLike],
+                     layout: Layout | None = None) -> tuple[np.ndarray, list[str], Layout]:
+    """Checkpoints of any format (`wsjax.checkpoints`) -> (x float64 [n, P], names [n], layout).
 
-    The .npz leaves are concatenated (raveled) in the sorted order of their names, which is the
-    order `wsjax.params.flatten_params` uses for a Flax params dict saved with its flat keys.
+    Each checkpoint's layout must fit `layout` (an index's) or, without one, the first
+    checkpoint's: else LayoutMismatchError naming the first differing parameter. A .npy of
+    [n, P] gives n checkpoints named PATH[i].
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: checkpoint file not found")
-    try:
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                x = np.concatenate([np.ravel(z[k]) for k in sorted(z.files)])
+    from wsjax.checkpoints import read_checkpoint
+
+    xs, names = [], []
+    for path in paths:
+        x, lay, _ = read_checkpoint(path)
+        if layout is None:
+            layout = lay
         else:
-            x = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: not a readable .npy/.npz weight file ({e})") from None
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim == 1:
-        x = x[None]
-    if x.ndim != 2:
-        raise DataError(f"{path}: weights must be [P] or [n, P], got shape {x.shape}")
-    return x
+            layout.check(lay, str(path))
+        xs.append(x)
+        names += [str(path)] if len(x) == 1 else [f"{path}[{i}]" for i in range(len(x))]
+    if not xs:
+        raise ConfigError("no checkpoints given")
+    return np.concatenate(xs), names, layout
 
 
 def order_checkpoints(x: np.ndarray, method: str = "merge") -> np.ndarray:

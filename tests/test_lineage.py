@@ -1,0 +1,97 @@
+"""Lineage of fine-tuned models: a small known tree trained on digits, recovered from folders."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from wsjax.lineage import (
+    Edge,
+    Fork,
+    Model,
+    lineage_agreement,
+    mother_lineage,
+    recover_lineage,
+    train_tree,
+)
+from wsjax.zoo import ZooConfig
+
+
+@pytest.fixture(scope="module")
+def tree(digits):
+    """3 roots (3 epochs); each forked at epochs 1 and 3 into children trained 2 epochs on a
+    half of the data (one of them at half the learning rate); each first child forked again
+    at its epoch 1."""
+    forks = []
+    for i in range(3):
+        forks += [Fork(f"r{i}.a", f"r{i}", 1, 2, half=i % 2),
+                  Fork(f"r{i}.b", f"r{i}", 3, 2, half=(i + 1) % 2, lr_scale=0.5),
+                  Fork(f"r{i}.a.x", f"r{i}.a", 1, 2, half=(i + 1) % 2)]
+    cfg = ZooConfig(arch="ffnn", dataset="digits", seeds=3, epochs=3)
+    return train_tree(cfg, forks, dataset=digits)
+
+
+def test_tree_zoo_forks_from_the_parent(tree):
+    """A child's first epoch starts from its parent's checkpoint: it lies one epoch of
+    training from it, much nearer than to the other roots."""
+    models, truth = tree
+    by = {m.name: m for m in models}
+    assert truth["r1.a.x"] == ("r1.a", 1.0) and truth["r2"] == (None, None)
+    for child, (parent, at) in truth.items():
+        if parent is None:
+            continue
+        x = by[child].x[0]
+        own = np.linalg.norm(by[parent].x[by[parent].steps == at][0] - x)
+        other = min(np.linalg.norm(by[r].x - x, axis=1).min()
+                    for r in ("r0", "r1", "r2") if not child.startswith(r))
+        assert own < 0.5 * other
+
+
+def test_lineage_recovered_from_folders(tree, tmp_path, capsys):
+    from wsjax.__main__ import main
+    from wsjax.cli import run_cli
+
+    models, truth = tree
+    for m in models:
+        (tmp_path / "zoo" / m.name).mkdir(parents=True)
+        for x, s in zip(m.x, m.steps, strict=True):
+            np.savez(tmp_path / "zoo" / m.name / f"epoch_{int(s)}.npz", w=x.astype(np.float32))
+    capsys.readouterr()
+    assert run_cli(main, ["lineage", str(tmp_path / "zoo"), "--json", str(tmp_path / "t.json"),
+                          "--plot", str(tmp_path / "tree")]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "r0  root" and "forked at step" in out
+    assert (tmp_path / "tree.png").stat().st_size > 0
+    got = json.loads((tmp_path / "t.json").read_text())
+    edges = [Edge(d["model"], d["parent"], d["fork_step"], d["cost"]) for d in got["models"]]
+    ours = lineage_agreement(edges, truth)
+    assert ours["root_acc"] == 1.0 and ours["direction_acc"] == 1.0
+    assert ours["parent_acc"] >= 0.75 and ours["fork_acc"] >= 0.6
+    first = [c for c, (p, _) in truth.items() if p is not None and p.count(".") == 0]
+    assert all(e.parent == truth[e.child][0] for e in edges if e.child in first)
+    base = lineage_agreement(mother_lineage(models), truth)
+    assert ours["parent_acc"] > base["parent_acc"]
+
+
+def test_lineage_hand_case():
+    """Three roots far apart on straight lines; a child leaves root a at its step 2 sideways;
+    a grandchild leaves the child at the child's step 2. Edmonds must give that forest."""
+    e = np.arange(5.0)
+    a = np.stack([10 * e, 0 * e, 0 * e], axis=1)
+    b, d = a + [0, 100, 0], a + [0, -100, 0]
+    child = np.array([[20.0, 0, 0.3], [20.0, 0, 0.6], [20.0, 0, 0.9]])     # steps 1..3
+    grand = np.array([[20.3, 0, 0.6], [20.6, 0, 0.6]])                    # from child step 2
+    s = np.arange(1.0, 4)
+    models = [Model("a", a, e), Model("b", b, e), Model("d", d, e), Model("c", child, s),
+              Model("g", grand, s[:2])]
+    truth = {"a": (None, None), "b": (None, None), "d": (None, None), "c": ("a", 2.0),
+             "g": ("c", 2.0)}
+    got = {x.child: (x.parent, x.fork_step) for x in recover_lineage(models)}
+    assert got == truth
+    wrong = [Edge("a", "c", 1.0, 0), Edge("b", None, None, 0), Edge("d", None, None, 0),
+             Edge("c", None, None, 0), Edge("g", "c", 3.5, 0)]
+    score = lineage_agreement(wrong, truth)
+    assert score["parent_acc"] == 0.6 and score["fork_acc"] == 0.0
+    assert score["direction_acc"] == 0.5 and score["root_acc"] == pytest.approx(2 / 3)
