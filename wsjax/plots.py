@@ -42,7 +42,7 @@ FIGURES = {
 
 def _svd_project(x: np.ndarray, k: int) -> np.ndarray:
     """[n, d] -> [n, k] truncated SVD (no centering)."""
-    return np.asarray(project(fit_svd(x), k))
+    return np.asarray(project(fit_svd(x, rank=k), k))
 
 
 def _single_linkage(x: np.ndarray) -> np.ndarray:

@@ -8,9 +8,10 @@ the paper's values.
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
-from wsjax.analysis.linkage import cut, merge_heights, single_linkage
+from wsjax.analysis.linkage import cut, default_engine, merge_heights, single_linkage
 from wsjax.analysis.metrics import cluster_metrics
 from wsjax.analysis.svd import fit_svd, project
 from wsjax.errors import ConfigError
@@ -41,13 +42,14 @@ def _paper_row(arch: str, space) -> dict:
 
 
 def zoo_tables(zoo: Zoo, ks=DEFAULT_KS, include_epoch0: bool = False,
-               progress: bool = False) -> list[dict]:
+               progress: bool = False, engine: str = "auto") -> list[dict]:
     """The rows of Table 2/3 for one zoo (flat dicts); see zoo_tables_detail for the rest."""
-    return zoo_tables_detail(zoo, ks, include_epoch0, progress)["rows"]
+    return zoo_tables_detail(zoo, ks, include_epoch0, progress, engine)["rows"]
 
 
 def zoo_tables_detail(zoo: Zoo, ks=DEFAULT_KS, include_epoch0: bool = False,
-                      progress: bool = False) -> dict:
+                      progress: bool = False, engine: str = "auto",
+                      memory_limit: int | None = None) -> dict:
     """Tables 2/3 for one zoo, with the data it was trained on, notes and per-cluster values.
 
     Args:
@@ -55,6 +57,8 @@ def zoo_tables_detail(zoo: Zoo, ks=DEFAULT_KS, include_epoch0: bool = False,
         ks: SVD dimensions; those >= P (or > the number of snapshots) are skipped with a note.
         include_epoch0: also cluster the initializations (the paper's tables leave them out).
         progress: show a tqdm bar over the spaces.
+        engine: single-linkage engine ("auto", "numpy" or "jax"; see wsjax.analysis.linkage).
+        memory_limit: bytes a single linkage may use (default: what the device reports).
 
     Returns:
         {"arch", "paper_table", "data", "n_models", "n_snapshots", "excluded", "epochs", "notes",
@@ -85,7 +89,9 @@ def zoo_tables_detail(zoo: Zoo, ks=DEFAULT_KS, include_epoch0: bool = False,
                          f"the {x.shape[0]} snapshots")
         else:
             spaces.append(int(k))
-    svd = fit_svd(x) if len(spaces) > 1 else None
+    svd = fit_svd(x, rank=max(spaces[1:])) if len(spaces) > 1 else None
+    engine = default_engine() if engine == "auto" else engine
+    notes.append(f"single linkage: {engine} engine on {jax.default_backend()}")
     it = spaces
     if progress:
         from tqdm import tqdm
@@ -93,7 +99,7 @@ def zoo_tables_detail(zoo: Zoo, ks=DEFAULT_KS, include_epoch0: bool = False,
     rows, per_cluster = [], {}
     for space in it:
         xs = x if space == "full" else project(svd, space)
-        z = single_linkage(xs)
+        z = single_linkage(xs, engine=engine, memory_limit=memory_limit)
         labels = cut(z, s)
         m = cluster_metrics(labels, model_ids, epoch_ids, merge_heights(z, x.shape[0]))
         name = f"{p} (weight space)" if space == "full" else f"SVD {space}"
