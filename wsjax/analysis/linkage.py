@@ -224,13 +224,15 @@ def memory_needed(n: int, d: int, engine: str, devices: int = 1,
 
 def _check_memory(n: int, d: int, engine: str, devices: int, group: int, block: int,
                   memory_limit: int | None) -> None:
-    import jax
-
-    from wsjax.analysis.tiled_mst import device_memory_bytes
+    from wsjax.analysis.tiled_mst import device_memory_bytes, host_memory_bytes
 
     need = memory_needed(n, d, engine, devices, group, block)
-    if memory_limit is None:
-        memory_limit = device_memory_bytes(jax.devices("cpu" if engine == "numpy" else None)[0])
+    if memory_limit is None and engine == "numpy":
+        memory_limit = host_memory_bytes()
+    elif memory_limit is None:
+        import jax
+
+        memory_limit = device_memory_bytes(jax.local_devices()[0])
     if memory_limit is not None and need > memory_limit:
         gib = 2.0 ** 30
         way_out = ("use the jax engine, fewer dimensions (an SVD) or a larger group"

@@ -35,7 +35,7 @@ import numpy as np
 from wsjax.errors import ConfigError
 
 __all__ = ["POINT_AXIS", "point_mesh", "tiled_mst", "memory_estimate", "MemoryEstimate",
-           "device_memory_bytes"]
+           "device_memory_bytes", "host_memory_bytes"]
 
 POINT_AXIS = "points"
 # Each row's nearest columns kept by the full pass, then by the searches for near ties.
@@ -182,12 +182,21 @@ def device_memory_bytes(device) -> int | None:
         stats = None
     if stats and stats.get("bytes_limit"):
         return int(stats["bytes_limit"])
-    if device.platform == "cpu":
-        try:
-            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError):
-            return None
-    return None
+    return host_memory_bytes() if device.platform == "cpu" else None
+
+
+def host_memory_bytes() -> int | None:
+    """The host's available memory in bytes (free and reclaimable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return None
 
 
 def _check_memory(n: int, d: int, mesh, tile: int | None, memory_limit: int | None) -> int:
