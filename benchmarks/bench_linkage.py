@@ -60,12 +60,21 @@ def _table(x: np.ndarray, engine: str) -> None:
     from wsjax.analysis.linkage import single_linkage
     from wsjax.analysis.svd import fit_svd, project
 
-    svd = fit_svd(x, rank=max(KS))
-    for space in (None, *KS):
+    ks = [k for k in KS if k < min(x.shape)]
+    svd = fit_svd(x, rank=max(ks))
+    for space in (None, *ks):
         single_linkage(x if space is None else project(svd, space), engine=engine)
 
 
 def _child(name: str, n: int, d: int, table: bool, out) -> None:
+    try:
+        out.put(_measure(name, n, d, table))
+    except BaseException as e:  # the parent waits for one answer: send the failure instead
+        out.put(e)
+        raise
+
+
+def _measure(name: str, n: int, d: int, table: bool) -> tuple[float, float, np.ndarray | None]:
     x = trajectories(n, d)
     # Warm-up, not timed: imports and JAX's start for all; for the jax engine and the table
     # also compilation, which needs a run at the same size.
@@ -80,7 +89,7 @@ def _child(name: str, n: int, d: int, table: bool, out) -> None:
     z = _table(x, name) if table else RUNNERS[name](x)
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    out.put((seconds, (peak - base) / 1024.0, None if table else z[:, 2]))
+    return seconds, (peak - base) / 1024.0, None if table else z[:, 2]
 
 
 def run_isolated(name: str, n: int, d: int,
@@ -92,6 +101,8 @@ def run_isolated(name: str, n: int, d: int,
     p.start()
     result = out.get()
     p.join()
+    if isinstance(result, BaseException):
+        raise SystemExit(f"{name} failed: {result!r}")
     return result
 
 
