@@ -58,7 +58,7 @@ def _points(kind: str) -> np.ndarray:
             x[60:63] = x[20]
         return x
     if kind == "lattice":
-        grid = np.stack(np.meshgrid(np.arange(6), np.arange(5), [0, 3]), -1).reshape(-1, 3)
+        grid = np.stack(np.meshgrid(np.arange(6), np.arange(6), [0, 1, 3]), -1).reshape(-1, 3)
         return np.pad(grid * 1.0, ((0, 0), (0, 13)))
     starts = rng.normal(size=(4, 1, 16)) * 100.0
     steps = rng.normal(size=(4, 20, 16)) * (0.5 ** np.arange(20))[None, :, None]
@@ -143,51 +143,39 @@ def test_numpy_engine_blocks_groups_and_float32_traps(kind, group, block):
         _assert_spanning_tree(a, b, w, x[:n])
 
 
-def test_jax_engine_small_tiles_and_few_points():
-    """Tiles smaller than the data (padding rows in the last tile), and 2-5 points."""
-    from wsjax.analysis.tiled_mst import tiled_mst
-
-    rng = np.random.default_rng(3)
-    x = _trajectories(rng, models=4, steps=11, d=10)
-    a, b, w = tiled_mst(x, tile=8)
-    _assert_spanning_tree(a, b, w, x)
-    np.testing.assert_allclose(np.sort(w), _scipy_heights(x), rtol=1e-9)
-    for n in (2, 5):
-        a, b, w = tiled_mst(x[:n], tile=8)
-        np.testing.assert_allclose(np.sort(w), _scipy_heights(x[:n]), rtol=1e-9)
-    with pytest.raises(ConfigError, match="engine"):
-        mst(x, engine="cuda")
-
-
 _SHARDED = """
+import json, sys
 import jax, numpy as np
-from scipy.cluster import hierarchy
 from wsjax.analysis.tiled_mst import point_mesh, tiled_mst
 assert len(jax.devices()) == 4
-rng = np.random.default_rng(11)
-starts = rng.normal(size=(7, 1, 24)) * 5.0
-walk = np.cumsum(rng.normal(size=(7, 13, 24)) * 0.8 ** np.arange(13)[None, :, None], axis=1)
-x = (starts + walk).reshape(91, 24)
-trees = [tiled_mst(x, mesh=point_mesh(jax.devices()[:k]), tile=8) for k in (1, 4)]
-edges = [sorted(zip(a.tolist(), b.tolist())) for a, b, _ in trees]
-assert edges[0] == edges[1], "the sharded tree differs"
-np.testing.assert_array_equal(np.sort(trees[0][2]), np.sort(trees[1][2]))
-np.testing.assert_allclose(np.sort(trees[1][2]), hierarchy.linkage(x, "single")[:, 2], rtol=1e-9)
-print("same tree")
+a, b, w = tiled_mst(np.load(sys.argv[1]), mesh=point_mesh(jax.devices()), tile=8)
+print(json.dumps({"a": a.tolist(), "b": b.tolist(), "w": w.tolist()}))
 """
 
 
-def test_sharded_jax_engine_gives_the_same_tree():
-    """Four fake CPU devices (a fresh process: the device count is fixed at JAX's start)."""
+def test_sharded_jax_engine_gives_the_same_tree(tmp_path):
+    """Four fake CPU devices (a fresh process: the device count is fixed at JAX's start), with
+    tiles smaller than the data (padding rows in the last one), give the tree of one device,
+    edge for edge; and 2 points."""
+    import json
     import os
     import subprocess
     import sys
 
+    x = _points("trajectory")  # as in the tests above: one device's programs are compiled
+    np.save(tmp_path / "x.npy", x)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
                JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", _SHARDED], env=env, capture_output=True,
-                         text=True, timeout=120)
-    assert out.returncode == 0 and "same tree" in out.stdout, out.stderr[-2000:]
+    out = subprocess.run([sys.executable, "-c", _SHARDED, str(tmp_path / "x.npy")], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    sharded = json.loads(out.stdout.splitlines()[-1])
+    a, b, w = mst(x, engine="jax")
+    assert sorted(zip(sharded["a"], sharded["b"], strict=True)) == \
+        sorted(zip(a.tolist(), b.tolist(), strict=True))
+    np.testing.assert_array_equal(np.sort(sharded["w"]), np.sort(w))
+    np.testing.assert_allclose(np.sort(w), _scipy_heights(x), rtol=1e-9)
+    np.testing.assert_allclose(mst(x[:2], engine="jax")[2], _scipy_heights(x[:2]), rtol=1e-9)
 
 
 def test_memory_estimate_shrinks_with_devices_and_refuses_up_front():
@@ -203,6 +191,8 @@ def test_memory_estimate_shrinks_with_devices_and_refuses_up_front():
         with pytest.raises(ConfigError, match=r"needs about .* GiB.*available; use") as err:
             mst(x, engine=engine, memory_limit=1000)
         assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="engine"):
+        mst(x, engine="cuda")
 
 
 @pytest.mark.parametrize("case", ["nan", "inf", "one_point", "memory"])
@@ -277,11 +267,12 @@ def test_metrics_mixed_cluster_and_singleton():
     assert m.mean_ordered_initial == 2.0
 
 
-def test_tables_end_to_end_on_a_tiny_zoo(tmp_path, capsys):
+def test_tables_end_to_end_on_a_tiny_zoo(tmp_path, capsys, monkeypatch):
     import json
 
     from experiments.tables import main
     from wsjax.cli import run_cli
+    from wsjax.store import load_zoo
     from wsjax.zoo import ZooConfig, run_zoo
 
     run = run_zoo(ZooConfig(arch="ffnn", dataset="digits", seeds=4, epochs=5), tmp_path / "z",
@@ -297,4 +288,12 @@ def test_tables_end_to_end_on_a_tiny_zoo(tmp_path, capsys):
         assert 0.0 < r["mean_purity"] <= 1.0 and 0.0 < r["overall_purity"] <= 1.0
         assert 0 <= r["ordered_initial"] <= 5
     assert (run / "tables.md").read_text().startswith("ffnn zoo: 4 models")
+    assert any(n.startswith("single linkage: numpy engine") for n in table["notes"])
+    # The same tables from scipy's linkage (the jax engine's trees equal scipy's above).
+    import wsjax.analysis.tables as tables
+
+    monkeypatch.setattr(tables, "single_linkage",
+                        lambda x, **_: hierarchy.linkage(x, method="single"))
+    ref = tables.zoo_tables_detail(load_zoo(run), ks=(10, 5))
+    assert ref["rows"] == table["rows"] and ref["per_cluster"] == table["per_cluster"]
     assert run_cli(main, ["--run", str(tmp_path / "missing")]) == 2

@@ -88,11 +88,12 @@ def _smallest(d2, col_ids, k: int):
 
 @functools.lru_cache(maxsize=64)
 def _nearest_outside(mesh, k: int, tile: int):
-    """A jitted function: (rows, row sq. norms, row components, cols, col sq. norms, col
-    components), each split over the mesh along axis 0 -> (float32 [R, k] squared distances,
-    int32 [R, k] column indices) of each row's k nearest columns in other components
-    (ascending; inf where fewer exist). rows [R, d], cols [C, d] float32; R, C divisible by
-    the device count, R / devices by `tile`."""
+    """Two jitted functions. The first: (rows, row sq. norms, row components, cols, col sq.
+    norms, col components), each split over the mesh along axis 0 -> (float32 [R, k] squared
+    distances, int32 [R, k] column indices) of each row's k nearest columns in other
+    components (ascending; inf where fewer exist). rows [R, d], cols [C, d] float32; R and C
+    divisible by the device count, R / devices by `tile`. The second: the same for the rows
+    `take` [R] of the columns: (take, cols, col sq. norms, col components)."""
     import jax
     import jax.numpy as jnp
     from jax.sharding import PartitionSpec
@@ -105,12 +106,13 @@ def _nearest_outside(mesh, k: int, tile: int):
         me = jax.lax.axis_index(POINT_AXIS)
         tiles = (rows.reshape(n_rows // tile, tile, rows.shape[1]),
                  row_sq.reshape(n_rows // tile, tile), row_comp.reshape(n_rows // tile, tile))
-        best = None
-        for step in range(devices):
+
+        def ring_step(step, carry):
+            cols, col_sq, col_comp, best_vals, best_ids = carry
             # After `step` hops the column block held here started on device me - step.
             col_ids = ((me - step) % devices) * n_cols + jnp.arange(n_cols, dtype=jnp.int32)
 
-            def tile_nearest(t, cols=cols, col_sq=col_sq, col_comp=col_comp, col_ids=col_ids):
+            def tile_nearest(t):
                 x, sq, comp = t
                 # Full float32 products: TF32 or bfloat16 passes would break the error bound.
                 dot = jax.lax.dot_general(x, cols, (((1,), (1,)), ((), ())),
@@ -120,19 +122,28 @@ def _nearest_outside(mesh, k: int, tile: int):
                 return _smallest(d2, col_ids, k)
 
             vals, ids = jax.lax.map(tile_nearest, tiles)
-            vals, ids = vals.reshape(n_rows, k), ids.reshape(n_rows, k)
-            if best is not None:
-                vals, ids = jnp.concatenate([best[0], vals], 1), jnp.concatenate([best[1], ids], 1)
-                neg, pos = jax.lax.top_k(-vals, k)
-                vals, ids = -neg, jnp.take_along_axis(ids, pos, axis=1)
-            best = (vals, ids)
-            if step + 1 < devices:
+            vals = jnp.concatenate([best_vals, vals.reshape(n_rows, k)], axis=1)
+            ids = jnp.concatenate([best_ids, ids.reshape(n_rows, k)], axis=1)
+            neg, pos = jax.lax.top_k(-vals, k)
+            if devices > 1:
                 cols, col_sq, col_comp = (jax.lax.ppermute(a, POINT_AXIS, ring)
                                           for a in (cols, col_sq, col_comp))
-        return best
+            return cols, col_sq, col_comp, -neg, jnp.take_along_axis(ids, pos, axis=1)
+
+        # Built from this device's rows, so that the loop's carry varies over the mesh.
+        start = (cols, col_sq, col_comp,
+                 jnp.full((n_rows, k), jnp.inf, rows.dtype) + jnp.zeros_like(row_sq)[:, None],
+                 jnp.zeros((n_rows, k), jnp.int32) + jnp.zeros_like(row_comp)[:, None])
+        return jax.lax.fori_loop(0, devices, ring_step, start)[3:]
 
     split = PartitionSpec(POINT_AXIS)
-    return jax.jit(_shard_map(local, mesh, (split,) * 6, (split, split)))
+    nearest = _shard_map(local, mesh, (split,) * 6, (split, split))
+
+    def search(take, points, point_sq, comp):
+        """The rows `take` [R] (split over the mesh) against every point."""
+        return nearest(points[take], point_sq[take], comp[take], points, point_sq, comp)
+
+    return jax.jit(nearest), jax.jit(search)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,7 +289,7 @@ def tiled_mst(x: np.ndarray, mesh=None, tile: int | None = None, tol: float = 2.
         # In the first round every point is its own component and a candidate, so near ties
         # are searched for in the same pass; later rounds keep two columns per row.
         first_k = _TIE_KS[0] if n_comp == n else _FIRST_K
-        full_pass = _nearest_outside(mesh, first_k, tile)
+        full_pass = _nearest_outside(mesh, first_k, tile)[0]
         vals, ids = (np.asarray(a)[:n] for a in full_pass(points, point_sq, comp_dev,
                                                             points, point_sq, comp_dev))
         best_of_comp = np.full(n_comp, np.inf, np.float32)
@@ -327,15 +338,14 @@ def _search_rows(rows: np.ndarray, points, point_sq, comp_dev, mesh, k: int, til
     from jax.sharding import NamedSharding, PartitionSpec
 
     devices = mesh.size
-    per = max(8, 2 ** math.ceil(math.log2(-(-rows.shape[0] // devices))))
+    # Row counts rounded up to a power of two (at least 64): few shapes, few compilations.
+    per = max(64, 2 ** math.ceil(math.log2(-(-rows.shape[0] // devices))))
     tile = 1 << int(math.log2(min(tile, per)))
     take = np.zeros(per * devices, np.int64)
     take[:rows.shape[0]] = rows
-    split = NamedSharding(mesh, PartitionSpec(POINT_AXIS))
-    idx = jax.device_put(take, split)
-    # Gathering on the devices keeps the points there; the padding repeats row 0 (discarded).
-    sub = (jax.device_put(a[idx], split) for a in (points, point_sq, comp_dev))
-    vals, ids = _nearest_outside(mesh, k, tile)(*sub, points, point_sq, comp_dev)
+    # The rows are gathered on the devices; the padding repeats row 0 (discarded).
+    take = jax.device_put(take.astype(np.int32), NamedSharding(mesh, PartitionSpec(POINT_AXIS)))
+    vals, ids = _nearest_outside(mesh, k, tile)[1](take, points, point_sq, comp_dev)
     return np.asarray(vals)[:rows.shape[0]], np.asarray(ids)[:rows.shape[0]]
 
 
