@@ -143,6 +143,18 @@ def test_numpy_engine_blocks_groups_and_float32_traps(kind, group, block):
         _assert_spanning_tree(a, b, w, x[:n])
 
 
+def test_outside_minima_in_chunks_equals_one_masked_copy():
+    from wsjax.analysis.linkage import _outside_minima
+
+    rng = np.random.default_rng(2)
+    to_comp = rng.random((6, 11)).astype(np.float32)
+    key_group, key_comp = rng.integers(0, 6, 15), rng.integers(0, 11, 15)
+    masked = to_comp.copy()
+    masked[key_group, key_comp] = np.inf
+    np.testing.assert_array_equal(_outside_minima(to_comp, key_group, key_comp, chunk=3),
+                                  masked.min(axis=0))
+
+
 _SHARDED = """
 import json, sys
 import jax, numpy as np

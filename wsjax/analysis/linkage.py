@@ -202,17 +202,34 @@ def _component_minima(table: np.ndarray, group_min: np.ndarray, slot: np.ndarray
     return np.minimum.reduceat(cols, starts, axis=1)
 
 
+def _outside_minima(to_comp: np.ndarray, key_group: np.ndarray, key_comp: np.ndarray,
+                    chunk: int = 4096) -> np.ndarray:
+    """float32 [C]: each column's minimum over the groups that hold none of its component's
+    points (the pairs (key_group, key_comp) left out), a chunk of columns at a time, so that
+    the first round (as many columns as points) needs no second copy of the table."""
+    out = np.empty(to_comp.shape[1], to_comp.dtype)
+    for lo in range(0, to_comp.shape[1], chunk):
+        cols = to_comp[:, lo:lo + chunk].copy()
+        sel = (key_comp >= lo) & (key_comp < lo + chunk)
+        cols[key_group[sel], key_comp[sel] - lo] = np.inf
+        out[lo:lo + chunk] = cols.min(axis=0)
+    return out
+
+
 def memory_needed(n: int, d: int, engine: str, devices: int = 1,
                   group: int = 8, block: int = 2048) -> int:
     """Bytes an `mst` run needs at most, on the host and a CPU device together, or per
     accelerator (the "jax" engine's per-device bytes; see tiled_mst.memory_estimate).
 
-    numpy engine: 12 n d (float64 data and its float32 copy, padded) + 4 n^2 / group (the
-    group-minimum table) + 8 block^2 (one block of distances and its transpose) + 100 n.
+    numpy engine, with s <= 1.25 n padded slots: 8 n d (the float64 input) + 12 s d (its
+    centred float64 and float32 copies) + 8 s^2 / group (the group-minimum table, and its
+    columns per component in the first round) + 8 block^2 (one block of distances and its
+    transpose) + 200 n.
     """
     if engine == "numpy":
         slots = -(-n // group) * group * 1.25
-        return int(12 * slots * d + 4 * slots * slots / group + 8 * block * block + 100 * n)
+        return int(8 * n * d + 12 * slots * d + 8 * slots * slots / group + 8 * block * block
+                   + 200 * n)
     import jax
 
     from wsjax.analysis.tiled_mst import memory_estimate
@@ -336,9 +353,7 @@ def _grouped_mst(x: np.ndarray, group: int, block: int, tol: float,
                                         n_comp)
         keys, counts = np.unique(comp * n_groups + group_of, return_counts=True)
         key_comp, key_group = keys // n_groups, keys % n_groups
-        outside_only = to_comp.copy()
-        outside_only[key_group, key_comp] = np.inf
-        threshold = outside_only.min(axis=0) + slack
+        threshold = _outside_minima(to_comp, key_group, key_comp) + slack
         # Boruvka: each component's shortest outgoing edge, among the (point, group) pairs whose
         # float32 bound could beat the best exact group minimum leaving the component.
         # The largest component is left to the others: its edge is the shortest of theirs that
