@@ -157,10 +157,11 @@ class MemoryEstimate:
 
 def _tile_rows(rows_per_device: int, cols_per_device: int, accelerator: bool) -> int:
     """Rows per distance tile: a power of two whose [tile, cols] float32 tile fits a budget
-    (small on a CPU, where it should stay near the caches; large on an accelerator)."""
+    (small on a CPU, where it should stay near the caches; large on an accelerator), and at
+    most an eighth of the rows, so that padding the rows to whole tiles wastes little."""
     budget = (256 if accelerator else 16) * 2 ** 20
     tile = 8
-    while tile * 2 * cols_per_device * 4 <= budget and tile * 2 <= max(8, rows_per_device):
+    while tile * 2 * cols_per_device * 4 <= budget and tile * 16 <= rows_per_device:
         tile *= 2
     return tile
 
