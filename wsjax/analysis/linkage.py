@@ -156,12 +156,12 @@ def _nearest_outside(slots: np.ndarray, slot_sq: np.ndarray, comp_of_slot: np.nd
         sel = by_group[lo:hi]
         first = int(in_group[sel[0]]) * group
         src = from_slot[sel]
-        dd = (slot_sq[src][:, None] + slot_sq[None, first:first + group]) \
+        block_sq = (slot_sq[src][:, None] + slot_sq[None, first:first + group]) \
             - 2.0 * (slots[src] @ slots[first:first + group].T)
-        dd[comp_of_slot[src][:, None] == comp_of_slot[None, first:first + group]] = np.inf
-        j = np.argmin(dd, axis=1)
+        block_sq[comp_of_slot[src][:, None] == comp_of_slot[None, first:first + group]] = np.inf
+        j = np.argmin(block_sq, axis=1)
         nearest[sel] = first + j
-        dist_sq[sel] = dd[np.arange(len(src)), j]
+        dist_sq[sel] = block_sq[np.arange(len(src)), j]
     return nearest, dist_sq
 
 
@@ -378,9 +378,9 @@ def _grouped_mst(x: np.ndarray, group: int, block: int, tol: float,
         order = order[np.r_[True, from_comp[order][1:] != from_comp[order][:-1]]]
         parent = np.arange(n_comp)
         for e in order:
-            ra, rb = _find(parent, int(from_comp[e])), _find(parent, int(comp[to_point[e]]))
-            if ra != rb:
-                parent[rb] = ra
+            root_a, root_b = _find(parent, int(from_comp[e])), _find(parent, int(comp[to_point[e]]))
+            if root_a != root_b:
+                parent[root_b] = root_a
                 tree_a.append(int(from_point[e]))
                 tree_b.append(int(to_point[e]))
         comp = np.array([_find(parent, c) for c in range(n_comp)])[comp]
@@ -407,17 +407,17 @@ def single_linkage(x: np.ndarray, engine: str = "auto", **mst_options) -> np.nda
     a, b, w = mst(x, engine=engine, **mst_options)
     n = a.shape[0] + 1
     order = np.argsort(w, kind="stable")
-    uf = np.arange(n)
+    parent = np.arange(n)
     cluster_id = np.arange(n)
     size = np.ones(n, dtype=np.int64)
     z = np.empty((n - 1, 4))
     for row, e in enumerate(order):
-        ra, rb = _find(uf, int(a[e])), _find(uf, int(b[e]))
-        ia, ib = cluster_id[ra], cluster_id[rb]
-        uf[rb] = ra
-        size[ra] += size[rb]
-        cluster_id[ra] = n + row
-        z[row] = (min(ia, ib), max(ia, ib), w[e], size[ra])
+        root_a, root_b = _find(parent, int(a[e])), _find(parent, int(b[e]))
+        id_a, id_b = cluster_id[root_a], cluster_id[root_b]
+        parent[root_b] = root_a
+        size[root_a] += size[root_b]
+        cluster_id[root_a] = n + row
+        z[row] = (min(id_a, id_b), max(id_a, id_b), w[e], size[root_a])
     return z
 
 
@@ -444,10 +444,10 @@ def cut(z: np.ndarray, k: int) -> np.ndarray:
     n = z.shape[0] + 1
     if not 1 <= k <= n:
         raise ConfigError(f"cannot cut {n} points into {k} clusters; choose 1..{n}")
-    uf = np.arange(2 * n - 1)
+    parent = np.arange(2 * n - 1)
     for row in range(n - k):
-        uf[int(z[row, 0])] = n + row
-        uf[int(z[row, 1])] = n + row
-    roots = np.array([_find(uf, i) for i in range(n)])
+        parent[int(z[row, 0])] = n + row
+        parent[int(z[row, 1])] = n + row
+    roots = np.array([_find(parent, i) for i in range(n)])
     _, labels = np.unique(roots, return_inverse=True)
     return labels.astype(np.int64)
