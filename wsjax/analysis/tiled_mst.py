@@ -215,7 +215,8 @@ def _check_memory(n: int, d: int, mesh, tile: int | None, memory_limit: int | No
     devices = mesh.devices.ravel()
     accelerator = devices[0].platform != "cpu"
     est = memory_estimate(n, d, len(devices), tile, accelerator)
-    need = est.device_bytes + (0 if accelerator else est.host_bytes)
+    # CPU "devices" share the host's memory with the input.
+    need = est.device_bytes if accelerator else est.device_bytes * len(devices) + est.host_bytes
     limit = memory_limit if memory_limit is not None else device_memory_bytes(devices[0])
     if limit is not None and need > limit:
         gib = 2.0 ** 30
