@@ -25,8 +25,16 @@ def build_parser() -> ArgumentParser:
                    help="truncated SVD dimensions (default 500 100 50 25 10 5)")
     p.add_argument("--include-epoch0", action="store_true",
                    help="also cluster the initial weights (the paper's tables leave them out)")
+    p.add_argument("--engine", default="auto", choices=["auto", "numpy", "jax"],
+                   help="single-linkage engine (default: the faster one on this machine)")
+    p.add_argument("--memory-limit-gib", type=float, default=None,
+                   help="refuse a single linkage whose memory estimate exceeds this")
     p.add_argument("--no-progress", action="store_true")
     return p
+
+
+def _bytes(gib: float | None) -> int | None:
+    return None if gib is None else int(gib * 2 ** 30)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     zoos = [load_zoo(r) for r in args.run]  # fail on a bad directory before any long work
     for zoo in zoos:
         t = zoo_tables_detail(zoo, ks=args.ks, include_epoch0=args.include_epoch0,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, engine=args.engine,
+                              memory_limit=_bytes(args.memory_limit_gib))
         md = tables_markdown(t)
         print(md)
         atomic_write_json(zoo.path / "tables.json", t)

@@ -1,4 +1,5 @@
-"""`python -m wsjax index|add|identify|order|lineage`: version control from weights."""
+"""`python -m wsjax index|add|identify|order|lineage|linkage`: version control from weights on
+the command line, and exact single linkage of any set of weight vectors."""
 
 from __future__ import annotations
 
@@ -57,6 +58,12 @@ def _parser() -> ArgumentParser:
     ln.add_argument("--order-method", default="endpoint", choices=list(ORDER_METHODS))
     ln.add_argument("--json", default=None, help="write the tree as JSON to this file")
     ln.add_argument("--plot", default=None, help="draw the tree to STEM.png and STEM.pdf")
+    lk = sub.add_parser("linkage", help="exact single linkage of checkpoints (scipy's layout)")
+    lk.add_argument("--out", required=True, help="the linkage matrix [n-1, 4] as .npy")
+    lk.add_argument("--engine", default="auto", choices=["auto", "numpy", "jax"])
+    lk.add_argument("--memory-limit-gib", type=float, default=None,
+                    help="refuse a run whose memory estimate exceeds this")
+    lk.add_argument("checkpoints", nargs="+", help=".npy [P] or [n, P], or .npz of params")
     return p
 
 
@@ -122,6 +129,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{n[-30:]:30s} {(r.model or '?'):22s} {r.epoch:7.2f} "
                   f"{r.segment[0]:5.0f}-{r.segment[1]:<5.0f} {r.distance:10.4g} "
                   f"{r.confidence:5.2f}  {flags}")
+        return 0
+    if args.command == "linkage":
+        import io
+
+        from wsjax.analysis.linkage import single_linkage
+        from wsjax.store import atomic_write_bytes
+
+        limit = None if args.memory_limit_gib is None else int(args.memory_limit_gib * 2 ** 30)
+        z = single_linkage(x, engine=args.engine, memory_limit=limit)
+        buf = io.BytesIO()
+        np.save(buf, z, allow_pickle=False)
+        atomic_write_bytes(args.out, buf.getvalue())
+        print(f"single linkage of {x.shape[0]} checkpoints -> {args.out}")
         return 0
     if args.command == "order":
         if len(x) < 2:

@@ -361,7 +361,9 @@ def build_index(snapshots: np.ndarray, model: np.ndarray, epoch: np.ndarray,
     if svd is not None:
         if not 1 <= svd <= min(x.shape):
             raise ConfigError(f"--svd {svd} must be between 1 and {min(x.shape)}")
-        basis = np.linalg.svd(x, full_matrices=False)[2][:svd]
+        from wsjax.analysis.svd import fit_svd
+
+        basis = np.asarray(fit_svd(x, rank=svd).vt)
         points = x @ basis.T
     else:
         points = x

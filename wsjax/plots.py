@@ -326,7 +326,7 @@ def make_figures(zoo: Zoo, out_dir: str | Path, include_init: bool = False,
     steps = ["fig3", "fig4", "fig5", "fig6", "fig7", "fig8", "fig9"]
     written: dict = {}
     bar = tqdm(steps, desc="figures", disable=not progress)
-    svd = fit_svd(x)
+    svd = fit_svd(x, rank=min(50, *x.shape))
     svd50 = np.asarray(project(svd, 50)) if min(x.shape) > 50 else None
     why = f"skipped: SVD-50 needs more than 50 snapshots and weights (have {x.shape[0]}, {p})"
     for step in bar:

@@ -373,7 +373,7 @@ class Zoo:
         if space != "full":
             from wsjax.analysis.svd import fit_svd, project
 
-            x = np.asarray(project(fit_svd(x), int(space)))
+            x = np.asarray(project(fit_svd(x, rank=int(space)), int(space)))
         return x, model, epoch
 
 

@@ -8,9 +8,10 @@ the paper's values.
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
-from wsjax.analysis.linkage import cut, merge_heights, single_linkage
+from wsjax.analysis.linkage import cut, default_engine, merge_heights, single_linkage
 from wsjax.analysis.metrics import cluster_metrics
 from wsjax.analysis.svd import fit_svd, project
 from wsjax.analysis.uncertainty import bootstrap_intervals, per_model_purity, random_tie_orders
@@ -42,13 +43,14 @@ def _paper_row(arch: str, space) -> dict:
 
 
 def zoo_tables(zoo: Zoo, ks=DEFAULT_KS, include_epoch0: bool = False,
-               progress: bool = False) -> list[dict]:
+               progress: bool = False, engine: str = "auto") -> list[dict]:
     """The rows of Table 2/3 for one zoo (flat dicts); see zoo_tables_detail for the rest."""
-    return zoo_tables_detail(zoo, ks, include_epoch0, progress)["rows"]
+    return zoo_tables_detail(zoo, ks, include_epoch0, progress, engine)["rows"]
 
 
 def zoo_tables_detail(zoo: Zoo, ks=DEFAULT_KS, include_epoch0: bool = False,
-                      progress: bool = False) -> dict:
+                      progress: bool = False, engine: str = "auto",
+                      memory_limit: int | None = None) -> dict:
     """Tables 2/3 for one zoo, with the data it was trained on, notes and per-cluster values.
 
     Args:
@@ -56,6 +58,8 @@ def zoo_tables_detail(zoo: Zoo, ks=DEFAULT_KS, include_epoch0: bool = False,
         ks: SVD dimensions; those >= P (or > the number of snapshots) are skipped with a note.
         include_epoch0: also cluster the initializations (the paper's tables leave them out).
         progress: show a tqdm bar over the spaces.
+        engine: single-linkage engine ("auto", "numpy" or "jax"; see wsjax.analysis.linkage).
+        memory_limit: bytes a single linkage may use (default: what the device reports).
 
     Returns:
         {"arch", "paper_table", "data", "n_models", "n_snapshots", "excluded", "epochs", "notes",
@@ -83,7 +87,9 @@ def zoo_tables_detail(zoo: Zoo, ks=DEFAULT_KS, include_epoch0: bool = False,
                          f"the {x.shape[0]} snapshots")
         else:
             spaces.append(int(k))
-    svd = fit_svd(x) if len(spaces) > 1 else None
+    svd = fit_svd(x, rank=max(spaces[1:])) if len(spaces) > 1 else None
+    engine = default_engine() if engine == "auto" else engine
+    notes.append(f"single linkage: {engine} engine on {jax.default_backend()}")
     it = spaces
     if progress:
         from tqdm import tqdm
@@ -91,7 +97,7 @@ def zoo_tables_detail(zoo: Zoo, ks=DEFAULT_KS, include_epoch0: bool = False,
     rows, per_cluster = [], {}
     for space in it:
         xs = x if space == "full" else project(svd, space)
-        z = single_linkage(xs)
+        z = single_linkage(xs, engine=engine, memory_limit=memory_limit)
         labels = cut(z, s)
         heights = merge_heights(z, x.shape[0])
         m = cluster_metrics(labels, model_ids, epoch_ids, heights)

@@ -29,7 +29,7 @@ def random_tie_orders(labels: np.ndarray, model_ids: np.ndarray, epochs: np.ndar
                       heights: np.ndarray, draws: int = 100, seed: int = 0) -> dict:
     """The order measures with merge-height ties broken at random, `draws` times.
 
-    Returns {"ordered_initial": (mean, sd), "ordered_fraction": (mean, sd)} over the draws.
+    Returns {"ordered_initial": [mean, sd], "ordered_fraction": [mean, sd]} over the draws.
     """
     rng = np.random.default_rng(seed)
     heights = np.asarray(heights)
@@ -42,8 +42,8 @@ def random_tie_orders(labels: np.ndarray, model_ids: np.ndarray, epochs: np.ndar
         m = cluster_metrics(labels, model_ids, epochs, key)
         initial.append(m.mean_ordered_initial)
         fraction.append(m.mean_ordered_fraction)
-    return {"ordered_initial": (float(np.mean(initial)), float(np.std(initial))),
-            "ordered_fraction": (float(np.nanmean(fraction)), float(np.nanstd(fraction)))}
+    return {"ordered_initial": [float(np.mean(initial)), float(np.std(initial))],
+            "ordered_fraction": [float(np.nanmean(fraction)), float(np.nanstd(fraction))]}
 
 
 def bootstrap_intervals(m: ClusterMetrics, draws: int = 1000, level: float = 0.95,
@@ -54,7 +54,7 @@ def bootstrap_intervals(m: ClusterMetrics, draws: int = 1000, level: float = 0.9
         m: the clustering's metrics (per-cluster values and each cluster's dominant model).
 
     Returns:
-        {"mean_purity", "overall_purity", "ordered_initial", "ordered_fraction"} -> (lo, hi).
+        {"mean_purity", "overall_purity", "ordered_initial", "ordered_fraction"} -> [lo, hi].
     """
     models, cluster_model = np.unique(m.dominant, return_inverse=True)
     rng = np.random.default_rng(seed)
@@ -73,5 +73,5 @@ def bootstrap_intervals(m: ClusterMetrics, draws: int = 1000, level: float = 0.9
              "ordered_initial": mean_of(m.ordered_initial.astype(np.float64)),
              "ordered_fraction": mean_of(m.ordered_fraction)}
     tail = 100 * (1 - level) / 2
-    return {k: tuple(float(q) for q in np.nanpercentile(v, [tail, 100 - tail]))
+    return {k: [float(q) for q in np.nanpercentile(v, [tail, 100 - tail])]
             for k, v in stats.items()}
