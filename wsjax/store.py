@@ -255,7 +255,8 @@ def create_snapshots(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
 
 
 def finish_run(run_dir: str | os.PathLike, config: dict | None, epochs: int,
-               metrics: dict[str, np.ndarray], provenance: dict | None = None) -> None:
+               metrics: dict[str, np.ndarray], provenance: dict | None = None,
+               snapshots_record: dict | None = None) -> None:
     """Marks a run directory whose snapshots.npy is written as complete.
 
     Writes metrics.npz (the METRIC_KEYS of `metrics`), config.json (`config`; None: keep the
@@ -264,6 +265,8 @@ def finish_run(run_dir: str | os.PathLike, config: dict | None, epochs: int,
     trained}: a reader never sees a complete run without its metrics and configuration.
     The provenance goes with the commit, not into config.json, so that a save that fails
     leaves config.json as its record says; `load_zoo` shows it as config["provenance"].
+    `snapshots_record`: snapshots.npy's record (size, every epoch's SHA-256) where the caller
+    has it; None: computed here.
     """
     run_dir = Path(run_dir)
     missing = [k for k in METRIC_KEYS if k not in metrics]
@@ -274,7 +277,8 @@ def finish_run(run_dir: str | os.PathLike, config: dict | None, epochs: int,
     files["config.json"] = (atomic_write_json(run_dir / "config.json", config)
                             if config is not None else file_record(run_dir / "config.json"))
     snap_path = run_dir / "snapshots.npy"
-    files["snapshots.npy"] = _snapshot_record(
+    # A trainer that hashed each epoch as it saved it passes those records: no second pass.
+    files["snapshots.npy"] = snapshots_record or _snapshot_record(
         snap_path, np.load(snap_path, mmap_mode="r", allow_pickle=False), epochs)
     extra = {} if provenance is None else {"provenance": provenance}
     atomic_write_json(run_dir / "progress.json", {"completed_epochs": int(epochs),
