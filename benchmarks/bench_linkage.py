@@ -2,7 +2,7 @@
 
     python benchmarks/bench_linkage.py                    # 12,750 x 2,160, the paper's FFNN zoo
     python benchmarks/bench_linkage.py --n 3000 --d 500 --repeats 3
-    python benchmarks/bench_linkage.py --n 100000 --only numpy     # a scale run, wsjax only
+    python benchmarks/bench_linkage.py --n 100000 --only jax --cold  # a scale run, wsjax only
     python benchmarks/bench_linkage.py --table            # SVD + seven linkages (Table 2/3)
     pytest benchmarks/bench_linkage.py                    # small case under pytest-benchmark
 
@@ -66,19 +66,23 @@ def _table(x: np.ndarray, engine: str) -> None:
         single_linkage(x if space is None else project(svd, space), engine=engine)
 
 
-def _child(name: str, n: int, d: int, table: bool, out) -> None:
+def _child(name: str, n: int, d: int, table: bool, cold: bool, out) -> None:
     try:
-        out.put(_measure(name, n, d, table))
+        out.put(_measure(name, n, d, table, cold))
     except BaseException as e:  # the parent waits for one answer: send the failure instead
         out.put(e)
         raise
 
 
-def _measure(name: str, n: int, d: int, table: bool) -> tuple[float, float, np.ndarray | None]:
+def _measure(name: str, n: int, d: int, table: bool,
+             cold: bool = False) -> tuple[float, float, np.ndarray | None]:
     x = trajectories(n, d)
     # Warm-up, not timed: imports and JAX's start for all; for the jax engine and the table
-    # also compilation, which needs a run at the same size.
-    if table:
+    # also compilation, which needs a run at the same size (a cold run skips that and times
+    # compilation too, where a second run at the size would cost too long).
+    if cold:
+        RUNNERS[name](x[:50])
+    elif table:
         _table(x, name)
     elif name == "jax":
         RUNNERS[name](x)
@@ -92,12 +96,12 @@ def _measure(name: str, n: int, d: int, table: bool) -> tuple[float, float, np.n
     return seconds, (peak - base) / 1024.0, None if table else z[:, 2]
 
 
-def run_isolated(name: str, n: int, d: int,
-                 table: bool = False) -> tuple[float, float, np.ndarray | None]:
+def run_isolated(name: str, n: int, d: int, table: bool = False,
+                 cold: bool = False) -> tuple[float, float, np.ndarray | None]:
     """(seconds, peak MiB above the data's baseline, merge heights) of one run in a new process."""
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    p = ctx.Process(target=_child, args=(name, n, d, table, out))
+    p = ctx.Process(target=_child, args=(name, n, d, table, cold, out))
     p.start()
     result = out.get()
     p.join()
@@ -115,12 +119,14 @@ def main() -> None:
                    help="which of numpy, jax (wsjax's engines) and scipy to run")
     p.add_argument("--table", action="store_true",
                    help="time the SVD and seven linkages of one zoo's table (wsjax engines)")
+    p.add_argument("--cold", action="store_true",
+                   help="no warm-up at the full size: the time includes compilation (scale runs)")
     args = p.parse_args()
     names = [k for k in args.only if not (args.table and k == "scipy")]
     runs = {k: [] for k in names}
     for _ in range(args.repeats):
         for name in runs:  # alternate, so that all see the same machine load
-            runs[name].append(run_isolated(name, args.n, args.d, args.table))
+            runs[name].append(run_isolated(name, args.n, args.d, args.table, args.cold))
             print(f"  {name}: {runs[name][-1][0]:.2f} s", flush=True)
     med = {k: float(np.median([r[0] for r in v])) for k, v in runs.items()}
     mem = {k: max(r[1] for r in v) for k, v in runs.items()}

@@ -38,6 +38,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--use-bias", action="store_true",
                    help="add biases to every layer (not the paper's models: trained on the "
                         "general path)")
+    p.add_argument("--epoch-examples", type=int, default=None, help="examples per epoch, the "
+                   "training set tiled to this length (60000: full-length MNIST epochs)")
     p.add_argument("--chunk", type=int, default=None,
                    help="train at most N seeds at once (less memory, same results)")
     p.add_argument("--out", default=None, help="run directory (default runs/<arch>-<dataset>)")
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                        seed_start=args.seed_start, epochs=args.epochs, loss=args.loss,
                        learning_rate=args.lr, weight_decay=args.weight_decay,
                        momentum=args.momentum, batch_size=args.batch_size, chunk=args.chunk,
-                       use_bias=args.use_bias)
+                       use_bias=args.use_bias, epoch_examples=args.epoch_examples)
     out = args.out or f"runs/{args.arch}-{args.dataset}"
     if args.coordinator is not None:
         from wsjax.sharding import initialize_distributed

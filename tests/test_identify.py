@@ -186,6 +186,36 @@ def test_segment_projection_hand_case():
     assert r[0].confidence == pytest.approx(1 - 0.1 / d_other)
 
 
+def test_batched_segment_distances_equal_a_loop_over_trajectories():
+    """The index's matrix-product distances (statistics and identify's screen) against
+    `_segment_distance` per query and trajectory, and identify against that brute force."""
+    from wsjax.identify import _nearest_other, _segment_distance, _segments, _trajectories
+
+    rng = np.random.default_rng(3)
+    m, t, d = 12, 7, 30
+    steps = rng.normal(size=(m, t, d)) * 0.8 ** np.arange(t)[None, :, None]
+    x = (rng.normal(size=(m, 1, d)) * 2 + np.cumsum(steps, axis=1)).reshape(-1, d)
+    model, epoch = np.repeat(np.arange(m), t), np.tile(np.arange(t), m).astype(float)
+    model[-1] = m  # a one-snapshot trajectory: its segment is a point
+    trajs = _trajectories(model, epoch)
+    ref = np.array([[_segment_distance(p, x[s], epoch[s])[0] for s in trajs.values()]
+                    for p in x])                                        # [N, M]
+    rows = np.arange(len(x))
+    got = _nearest_other(x, trajs, rows, model, list(trajs))
+    masked = np.where(model[:, None] == np.arange(m + 1)[None, :], np.inf, ref)
+    np.testing.assert_allclose(got, masked.min(axis=1), rtol=1e-9)
+    assert len(_segments(trajs, [m])[0]) == 1
+    index = build_index(x, model, epoch, threshold=1e9)
+    q = x[::5] + rng.normal(size=x[::5].shape) * 0.5
+    brute = np.array([[_segment_distance(p, x[s], epoch[s])[0] for s in trajs.values()]
+                      for p in q])
+    res = identify(index, q)
+    assert [r.nearest_model for r in res] == [str(i) for i in brute.argmin(axis=1)]
+    np.testing.assert_allclose([r.distance for r in res], brute.min(axis=1), rtol=1e-12)
+    np.testing.assert_allclose([r.second_distance for r in res], np.sort(brute, 1)[:, 1],
+                               rtol=1e-12)
+
+
 def test_save_load_roundtrip(zoos, tmp_path):
     _, zoo, _, _ = zoos
     index = _even_index(zoo, svd=5)

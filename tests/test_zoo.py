@@ -190,3 +190,25 @@ def test_config_validation():
     with pytest.raises(ConfigError, match="unknown loss reduction"):
         ZooConfig(loss="l1")
     assert ZooConfig(arch="cnn").resolved()["weight_decay"] == 0.1
+
+
+def test_epoch_examples_tile_the_training_set(tmp_path, digits):
+    from wsjax.zoo import tiled_indices
+
+    idx = tiled_indices(10, 25)  # every index twice, 5 distinct ones a third time
+    counts = np.bincount(idx, minlength=10)
+    assert len(idx) == 25 and set(counts.tolist()) == {2, 3} and (counts == 3).sum() == 5
+    assert np.array_equal(idx, tiled_indices(10, 25))  # fixed, not drawn per call
+    assert np.array_equal(tiled_indices(7, 7), np.arange(7))
+    with pytest.raises(ConfigError, match="below the 10 training examples"):
+        tiled_indices(10, 9)
+    # a run trains epoch_examples // batch steps per epoch and records the choice
+    n = len(digits.x_train)
+    cfg = ZooConfig(arch="ffnn", dataset="digits", seeds=2, epochs=1, epoch_examples=2 * n + 3)
+    zoo = load_zoo(run_zoo(cfg, tmp_path / "tiled", progress=False, log=lambda *_: None))
+    assert zoo.config["config"]["epoch_examples"] == 2 * n + 3
+    assert zoo.config["data"]["n_train"] == 2 * n + 3
+    plain = load_zoo(run_zoo(ZooConfig(arch="ffnn", dataset="digits", seeds=2, epochs=1),
+                             tmp_path / "plain", progress=False, log=lambda *_: None))
+    assert "epoch_examples" not in plain.config["config"]
+    assert not np.allclose(zoo.snapshots[:, 1], plain.snapshots[:, 1])

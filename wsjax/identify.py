@@ -14,12 +14,12 @@ the order of one lineage's checkpoints.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import scipy.stats
 
 from wsjax.checkpoints import Layout, LayoutMismatchError
 from wsjax.errors import ConfigError, DataError, RunDirError
@@ -79,6 +79,17 @@ class TrajectoryIndex:
                 f"{self.num_params}-weight models (a different architecture); "
                 "build an index from a zoo of this architecture")
         return x if self.basis is None else x @ self.basis.T
+
+    @functools.cached_property
+    def segment_table(self):
+        """(trajectories [(points [T, D], epochs [T])], segment starts a [K], ends b [K], first
+        segment of each trajectory [M], `_segment_constants`): what `identify` measures
+        against, derived once per index."""
+        ids = _trajectories(self.model, self.epoch)
+        trajs = [(self.points[ids[m]], self.epoch[ids[m]]) for m in range(len(self.labels))]
+        a, b, owner = _segments(ids, range(len(trajs)))
+        starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
+        return trajs, a, b, starts, _segment_constants(self.points, a, b)
 
     def trajectory(self, m: int) -> tuple[np.ndarray, np.ndarray]:
         """Points [T, D] and epochs [T] of trajectory m, in epoch order."""
@@ -204,17 +215,73 @@ def _own_stats(points: np.ndarray, epoch: np.ndarray, sel: np.ndarray):
     return loo, pos, neg
 
 
-def _nearest_other(points: np.ndarray, epoch: np.ndarray, trajs: dict, rows: np.ndarray,
-                   own: int, against) -> np.ndarray:
-    """Distance of each point in `rows` (of trajectory `own`) to the nearest trajectory among
-    `against` (ids) other than its own; inf when there is none."""
+_BLOCK_FLOATS = 1 << 23  # float64 distances per block of rows (64 MiB)
+
+
+def _segments(trajs: dict, ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(a, b, owner) int [K]: the segments points[a_k] -> points[b_k] of trajectories `ids`,
+    trajectory after trajectory in epoch order (a one-snapshot trajectory is the point a = b)."""
+    a, b, owner = [], [], []
+    for t in ids:
+        sel = trajs[int(t)]
+        a.append(sel[:-1] if len(sel) > 1 else sel)
+        b.append(sel[1:] if len(sel) > 1 else sel)
+        owner.append(np.full(len(a[-1]), int(t)))
+    cat = (lambda v: np.concatenate(v)) if a else (lambda v: np.zeros(0, np.int64))
+    return cat(a), cat(b), cat(owner)
+
+
+def _segment_constants(points: np.ndarray, a: np.ndarray, b: np.ndarray):
+    """(|a|^2, <a, b - a>, |b - a|^2) float [K] of the segments points[a] -> points[b], in
+    blocks of segments so that no [K, D] copy is made."""
+    out = np.empty((3, len(a)))
+    step = max(1, _BLOCK_FLOATS // (4 * max(1, points.shape[1])))
+    for lo in range(0, len(a), step):
+        pa = points[a[lo: lo + step]]
+        ab = points[b[lo: lo + step]] - pa
+        out[:, lo: lo + len(pa)] = (pa * pa).sum(1), (pa * ab).sum(1), (ab * ab).sum(1)
+    a2, aab, ab2 = out
+    return a2, aab, np.maximum(ab2, 1e-300)
+
+
+def _segment_distances(q: np.ndarray, points: np.ndarray, a: np.ndarray, b: np.ndarray,
+                       constants=None):
+    """Distances of queries q [n, D] to the segments points[a] -> points[b]: yields (row
+    slice, float [rows, K]) block by block of rows.
+
+    One matrix product per block (q against the segments' end points) instead of a loop per
+    query and trajectory: |q - a - t (b - a)|^2 expanded in dot products. Accurate to about
+    1e-12 of the squared norms; callers that need the exact distance of a near point recompute
+    it with `_segment_distance`. `constants`: `_segment_constants(points, a, b)`, if known.
+    """
+    used, inv = np.unique(np.concatenate([a, b]), return_inverse=True)
+    if len(used) == len(points):
+        p, ia, ib = points, a, b
+    else:
+        p, ia, ib = points[used], inv[: len(a)], inv[len(a):]
+    a2, aab, ab2 = _segment_constants(points, a, b) if constants is None else constants
+    rows = max(1, _BLOCK_FLOATS // max(1, len(p) + len(a)))
+    for lo in range(0, len(q), rows):
+        qc = q[lo: lo + rows]
+        g = qc @ p.T
+        qa = g[:, ia]
+        along = g[:, ib] - qa - aab                       # <q - a, b - a>
+        t = np.clip(along / ab2, 0.0, 1.0)
+        d2 = (qc * qc).sum(1)[:, None] - 2 * qa + a2 - 2 * t * along + t * t * ab2
+        yield slice(lo, lo + len(qc)), np.sqrt(np.maximum(d2, 0.0))
+
+
+def _nearest_other(points: np.ndarray, trajs: dict, rows: np.ndarray, row_owner: np.ndarray,
+                   against) -> np.ndarray:
+    """Distance of each point in `rows` to the nearest trajectory among `against` (ids) other
+    than its own (`row_owner`); inf when there is none."""
     out = np.full(len(rows), np.inf)
-    for k in against:
-        if k == own:
-            continue
-        o = trajs[k]
-        d = [_segment_distance(points[i], points[o], epoch[o])[0] for i in rows]
-        out = np.minimum(out, d)
+    a, b, owner = _segments(trajs, against)
+    if not len(rows) or not len(a):
+        return out
+    for sl, d in _segment_distances(points[rows], points, a, b):
+        d[row_owner[sl, None] == owner[None, :]] = np.inf
+        out[sl] = d.min(axis=1)
     return out
 
 
@@ -246,18 +313,26 @@ def _compute_stats(points: np.ndarray, model: np.ndarray, epoch: np.ndarray,
         k = len(old.loo)
         loo[:k], other[:k] = old.loo, old.other
         pos[: len(old.pos)], neg[: len(old.neg)] = old.pos, old.neg
-    for t, sel in trajs.items():
-        rows = sel[1:]
-        if t in new:
-            own, p, q = _own_stats(points, epoch, sel)
-            loo[list(own)] = list(own.values())
-            pos[t] = np.nan if p is None else p
-            neg[t] = np.nan if q is None else q
-            other[rows] = _nearest_other(points, epoch, trajs, rows, t, trajs)
-        else:
-            other[rows] = np.minimum(other[rows],
-                                     _nearest_other(points, epoch, trajs, rows, t, new))
+    fresh = [t for t in trajs if t in new]
+    for t in fresh:
+        own, p, q = _own_stats(points, epoch, trajs[t])
+        loo[list(own)] = list(own.values())
+        pos[t] = np.nan if p is None else p
+        neg[t] = np.nan if q is None else q
+    rows, owner = _rows_of(trajs, fresh)
+    other[rows] = _nearest_other(points, trajs, rows, owner, list(trajs))
+    rows, owner = _rows_of(trajs, [t for t in trajs if t not in new])
+    other[rows] = np.minimum(other[rows], _nearest_other(points, trajs, rows, owner, fresh))
     return _Stats(loo, other, pos, neg)
+
+
+def _rows_of(trajs: dict, ids: list) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, owner) int [n]: the points of trajectories `ids` but each one's first snapshot
+    (skipped by the statistics), and the trajectory of each."""
+    rows = [trajs[t][1:] for t in ids]
+    owner = [np.full(len(r), t) for r, t in zip(rows, ids, strict=True)]
+    empty = [np.zeros(0, np.int64)]
+    return np.concatenate(rows or empty).astype(np.int64), np.concatenate(owner or empty)
 
 
 def _beyond_calibration(stats: _Stats, back: float | None, reach: float,
@@ -632,33 +707,45 @@ def identify(index: TrajectoryIndex, checkpoints: np.ndarray,
                                      if k in BEYOND_DEFAULTS})
     if beyond_back is not None:
         rule["back"] = float(beyond_back)
-    trajs = [index.trajectory(m) for m in range(len(index.labels))]
+    trajs, a, b, starts, constants = index.segment_table
     out = []
-    for row in q:
-        res = [_segment_distance(row, p, e) for p, e in trajs]
-        d = np.array([r[0] for r in res])
-        rank = np.argsort(d, kind="stable")
-        b = int(rank[0])
-        s = int(rank[1]) if len(rank) > 1 else None
-        dist, frac, seg, j, _ = res[b]
-        d2 = float(d[s]) if s is not None else float("inf")
-        conf = 1.0 - dist / d2 if d2 > 0 else 0.0
-        pts, eps = trajs[b]
-        near = float(eps[int(np.argmin(np.linalg.norm(pts - row, axis=1)))])
-        r_end = float(np.linalg.norm(row - pts[-1]))
-        geom = _end_geometry(row, pts, j, dist) if len(pts) > 1 else (float("inf"), 0.0, 1.0)
-        beyond = _is_beyond(geom, rule)
-        extra = _extra_epochs(r_end, pts, eps) if beyond else 0.0
-        if beyond:
-            frac = float(eps[-1]) + extra
-        unknown = dist > thr
-        out.append(Identification(
-            model=None if unknown else index.labels[b], nearest_model=index.labels[b],
-            epoch=frac, segment=seg, nearest_epoch=near, distance=dist,
-            second_model=None if s is None else index.labels[s], second_distance=d2,
-            confidence=float(conf), unknown=bool(unknown), beyond_end=beyond,
-            end_distance=r_end, beyond_score=float(geom[0]), extra_epochs=extra))
+    for sl, d in _segment_distances(q, index.points, a, b, constants):
+        screen = np.minimum.reduceat(d, starts, axis=1)      # [rows, models]
+        for row, near_d in zip(q[sl], screen, strict=True):
+            out.append(_answer(row, near_d, trajs, index.labels, thr, rule))
     return out
+
+
+def _answer(row: np.ndarray, screen: np.ndarray, trajs: list, labels: tuple, thr: float,
+            rule: dict) -> Identification:
+    """The identification of one projected checkpoint row [D], given its screened distance to
+    every trajectory [M]: the nearest few are measured exactly and ranked (ties: lower id)."""
+    cand = np.sort(np.argsort(screen, kind="stable")[:_EXACT_CANDIDATES])
+    res = {int(c): _segment_distance(row, *trajs[c]) for c in cand}
+    rank = sorted(res, key=lambda c: (res[c][0], c))
+    b = rank[0]
+    s = rank[1] if len(rank) > 1 else None
+    dist, frac, seg, j, _ = res[b]
+    d2 = float(res[s][0]) if s is not None else float("inf")
+    conf = 1.0 - dist / d2 if d2 > 0 else 0.0
+    pts, eps = trajs[b]
+    near = float(eps[int(np.argmin(np.linalg.norm(pts - row, axis=1)))])
+    r_end = float(np.linalg.norm(row - pts[-1]))
+    geom = _end_geometry(row, pts, j, dist) if len(pts) > 1 else (float("inf"), 0.0, 1.0)
+    beyond = _is_beyond(geom, rule)
+    extra = _extra_epochs(r_end, pts, eps) if beyond else 0.0
+    if beyond:
+        frac = float(eps[-1]) + extra
+    unknown = dist > thr
+    return Identification(
+        model=None if unknown else labels[b], nearest_model=labels[b],
+        epoch=frac, segment=seg, nearest_epoch=near, distance=dist,
+        second_model=None if s is None else labels[s], second_distance=d2,
+        confidence=float(conf), unknown=bool(unknown), beyond_end=beyond,
+        end_distance=r_end, beyond_score=float(geom[0]), extra_epochs=extra)
+
+
+_EXACT_CANDIDATES = 4  # trajectories measured exactly per checkpoint, nearest screened first
 
 
 def load_checkpoints(paths: list[str | os.PathLike],
@@ -697,6 +784,8 @@ def order_checkpoints(x: np.ndarray, method: str = "merge") -> np.ndarray:
     if x.ndim != 2 or len(x) < 1:
         raise ConfigError("order needs checkpoints [n, P]")
     if method == "kurtosis":
+        import scipy.stats  # on first use: the identify command starts without it
+
         return np.argsort(scipy.stats.kurtosis(x, axis=1), kind="stable")
     sq = (x * x).sum(1)
     d = np.sqrt(np.maximum(sq[:, None] + sq[None] - 2 * x @ x.T, 0.0))
@@ -721,6 +810,8 @@ def order_agreement(order: np.ndarray, true_position: np.ndarray) -> dict:
     kendall_tau / spearman: rank correlation of reconstructed vs true position (scipy.stats);
     adjacent: fraction of adjacent pairs in the order that are consecutive, in the right direction.
     """
+    import scipy.stats  # on first use: the identify command starts without it
+
     order = np.asarray(order)
     truth = np.asarray(true_position)[order]
     rank_true = np.argsort(np.argsort(truth, kind="stable"), kind="stable")

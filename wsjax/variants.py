@@ -74,6 +74,10 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
        input_norm=True),
     _v("half_data", "first half of the training images: half the steps per epoch",
        n_train=12000),
+    _v("full_epochs", "epochs of 60,000 examples (5,000 steps), as on full MNIST: the "
+       "24,000-image subset tiled to 60,000 and shuffled each epoch", epoch_examples=60000),
+    _v("lr_0.000025_full_epochs", "TWO changes: lr_0.000025 with full_epochs",
+       learning_rate=0.000025, epoch_examples=60000),
 ]}
 
 

@@ -77,6 +77,10 @@ class ZooConfig:
             to the gradient, PyTorch) or "decoupled" (after momentum); see `make_sgd`.
         input_norm: standardise the inputs with MNIST's mean and std instead of [0, 1].
         n_train: train on the first n training examples only (None: all).
+        epoch_examples: examples per epoch, at least the training set's size (None: one pass):
+            the training set tiled to this length, every example floor(m / n) times and a
+            fixed random choice of m mod n of them once more; each epoch shuffles the tiled
+            set. Gives the 24,000-image subset the 60,000-example epochs of full MNIST.
         kernels_only: leave biases out of the snapshots (the analysed weight vector).
     """
 
@@ -98,6 +102,7 @@ class ZooConfig:
     coupling: str = "coupled"
     input_norm: bool = False
     n_train: int | None = None
+    epoch_examples: int | None = None
     kernels_only: bool = False
 
     def __post_init__(self):
@@ -114,6 +119,8 @@ class ZooConfig:
             raise ConfigError(str(e)) from None
         if self.n_train is not None and self.n_train < 1:
             raise ConfigError(f"n_train must be at least 1, got {self.n_train}")
+        if self.epoch_examples is not None and self.epoch_examples < 1:
+            raise ConfigError(f"epoch_examples must be at least 1, got {self.epoch_examples}")
         if self.seeds < 1:
             raise ConfigError(f"--seeds must be at least 1, got {self.seeds}")
         if self.epochs < 1:
@@ -157,7 +164,7 @@ class ZooConfig:
 
 
 _OPEN_DETAILS = ("weight_init", "pool_ceil", "decay", "coupling", "input_norm", "n_train",
-                 "kernels_only")
+                 "epoch_examples", "kernels_only")
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # the usual torchvision Normalize constants
 
 
@@ -206,10 +213,23 @@ def _prepare_inputs(config: ZooConfig, ds: Dataset) -> Dataset:
             raise ConfigError(f"n_train {config.n_train} exceeds the {len(x_tr)} training "
                               f"examples of {ds.name}; use a larger dataset")
         x_tr, y_tr = x_tr[: config.n_train], y_tr[: config.n_train]
+    if config.epoch_examples is not None:
+        idx = tiled_indices(len(x_tr), config.epoch_examples)
+        x_tr, y_tr = x_tr[idx], y_tr[idx]
     if config.input_norm:
         x_tr, x_te = ((a - MNIST_MEAN) / MNIST_STD for a in (x_tr, x_te))
     return dataclasses.replace(ds, x_train=x_tr.astype(ds.x_train.dtype), y_train=y_tr,
                                x_test=x_te.astype(ds.x_test.dtype))
+
+
+def tiled_indices(n: int, m: int) -> np.ndarray:
+    """int [m]: every index of range(n) floor(m / n) times, then a fixed random choice
+    (numpy's default_rng(0)) of m mod n distinct indices once more, in index order."""
+    if m < n:
+        raise ConfigError(f"epoch_examples {m} is below the {n} training examples; use n_train "
+                          f"for a subset")
+    extra = np.sort(np.random.default_rng(0).permutation(n)[: m % n])
+    return np.concatenate([np.tile(np.arange(n), m // n), extra])
 
 
 def _state_name(epoch: int) -> str:
