@@ -13,26 +13,13 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
 from wsjax.cli import ArgumentParser, run_cli
 from wsjax.errors import ConfigError
-from wsjax.evaluation import evaluate, evaluate_order, summary_lines
-from wsjax.store import atomic_write_json, load_zoo, read_json
-
-
-def _load(run: str, partial: bool):
-    """(snapshots [S, T, P] mmap, healthy [S] or None, config): a complete run, or with
-    `partial` the epochs a run still in training has completed (healthy: None, check finite)."""
-    progress = read_json(Path(run) / "progress.json")
-    if progress.get("complete") or not partial:
-        zoo = load_zoo(run)
-        return zoo.snapshots, zoo.healthy(), zoo.config
-    done = int(progress.get("completed_epochs", 0))
-    snaps = np.load(Path(run) / "snapshots.npy", mmap_mode="r", allow_pickle=False)
-    return snaps[:, :done + 1], None, read_json(Path(run) / "config.json")
+from wsjax.evaluation import evaluate, evaluate_order, run_members, summary_lines
+from wsjax.store import atomic_write_json
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="allow a run still in training (uses its completed epochs)")
     ap.add_argument("--seeds", type=int, default=32, help="members indexed")
     ap.add_argument("--unseen", type=int, default=32, help="members never indexed (last ones)")
+    ap.add_argument("--unseen-run", default=None,
+                    help="take the never-indexed members from this run (its first --unseen)")
     ap.add_argument("--epochs", type=int, default=20, help="epochs the index knows (even)")
     ap.add_argument("--extra", type=int, default=5, help="epochs past the end to identify")
     ap.add_argument("--svd", default="50,10", help="comma list of SVD ranks (plus full space)")
@@ -53,23 +42,28 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--epochs must be even and >= 2 (the index keeps 0, 2, .., E), "
                           f"got {args.epochs}")
     t_all = time.perf_counter()
-    snapshots, healthy, config = _load(args.run, args.partial)
-    total, have = snapshots.shape[0], snapshots.shape[1] - 1
-    if args.epochs + args.extra > have or args.seeds + args.unseen > total:
-        raise ConfigError(f"the run has {total} members x {have} epochs; ask for less")
     need = args.epochs + args.extra + 1
-    if healthy is None:
-        healthy = np.array([np.isfinite(snapshots[i, :need]).all() for i in range(total)])
-    ids = np.flatnonzero(healthy)
-    known = ids[ids < args.seeds]
-    new = ids[ids >= total - args.unseen]
+    snapshots, known, config = run_members(args.run, need, args.partial)
+    total, have = snapshots.shape[0], snapshots.shape[1] - 1
+    apart = args.unseen_run is not None
+    if args.epochs + args.extra > have or args.seeds + (0 if apart else args.unseen) > total:
+        raise ConfigError(f"the run has {total} members x {have} epochs; ask for less")
+    if apart:
+        other, new, _ = run_members(args.unseen_run, args.epochs + 1, args.partial)
+        if other.shape[0] < args.unseen or other.shape[1] <= args.epochs:
+            raise ConfigError(f"--unseen-run has {other.shape[0]} members x "
+                              f"{other.shape[1] - 1} epochs; ask for less")
+        unseen = np.asarray(other[new[new < args.unseen], :args.epochs + 1], dtype=np.float64)
+    else:
+        new = known[known >= total - args.unseen]
+        unseen = np.asarray(snapshots[new, :args.epochs + 1], dtype=np.float64)
+    known = known[known < args.seeds]
     snaps = np.asarray(snapshots[known, :need], dtype=np.float64)
-    unseen = np.asarray(snapshots[new, :args.epochs + 1], dtype=np.float64)
     ranks = [None] + [int(k) for k in args.svd.split(",") if k]
     result = dict(run=str(args.run), arch=config["arch"], data=config["data"]["name"],
                   run_members=total, run_epochs_used=have, indexed=len(known),
-                  unseen=len(new), epochs=args.epochs, extra=args.extra,
-                  beyond_back=args.beyond_back, spaces=[])
+                  unseen=len(unseen), unseen_run=args.unseen_run, epochs=args.epochs,
+                  extra=args.extra, beyond_back=args.beyond_back, spaces=[])
     for k in ranks:
         t = time.perf_counter()
         r = evaluate(snaps, unseen, args.epochs, args.extra, k, args.beyond_back)

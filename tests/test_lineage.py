@@ -95,3 +95,27 @@ def test_lineage_hand_case():
     score = lineage_agreement(wrong, truth)
     assert score["parent_acc"] == 0.6 and score["fork_acc"] == 0.0
     assert score["direction_acc"] == 0.5 and score["root_acc"] == pytest.approx(2 / 3)
+
+
+def test_initializations_are_no_fork_points():
+    """Roots start near each other (random inits are closer together than trained weights),
+    take a long first step and then short ones; a parent's step 0 is not a fork point, so
+    they stay roots while their children, forked at steps 2 and 4, are attached there."""
+    rng = np.random.default_rng(0)
+    d, steps = 40, np.arange(6.0)
+    models, truth = [], {}
+    for i in range(3):
+        start = rng.normal(size=d) * 0.1
+        along = np.array([0.0, 10, 11, 12, 13, 14])
+        models.append(Model(f"r{i}", start + np.outer(along, np.eye(d)[i]) + rng.normal(
+            size=(6, d)) * 0.05, steps))
+        truth[f"r{i}"] = (None, None)
+        for k in (2, 4):
+            # fine-tuning moves on along the parent's direction, and off it
+            move = np.eye(d)[3 + 2 * i + k // 4] * 0.8 + np.eye(d)[i] * 0.5
+            x = models[3 * i].x[k] + np.outer(np.arange(1.0, 4.0), move)
+            models.append(Model(f"r{i}.{k}", x + rng.normal(size=x.shape) * 0.05,
+                                np.arange(1.0, 4.0)))
+            truth[f"r{i}.{k}"] = (f"r{i}", float(k))
+    got = {e.child: (e.parent, e.fork_step) for e in recover_lineage(models)}
+    assert got == truth

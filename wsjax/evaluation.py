@@ -16,12 +16,37 @@ Kendall tau, Spearman and adjacent-pair accuracy.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from wsjax.identify import ORDER_METHODS, build_index, identify, order_agreement, order_checkpoints
-from wsjax.store import trajectory_points
+from wsjax.store import load_zoo, read_json, trajectory_points
 
-__all__ = ["evaluate", "evaluate_order", "summary_lines"]
+__all__ = ["evaluate", "evaluate_order", "run_members", "summary_lines", "upper_bound"]
+
+
+def run_members(run: str | Path, need: int, partial: bool = False):
+    """(snapshots [S, T, P] memory-mapped, indices of the members whose first `need`
+    snapshots are usable, config) of a zoo run; with `partial`, a run still in training on the
+    epochs it has completed."""
+    progress = read_json(Path(run) / "progress.json")
+    if progress.get("complete") or not partial:
+        zoo = load_zoo(run)
+        return zoo.snapshots, np.flatnonzero(zoo.healthy()), zoo.config
+    done = int(progress.get("completed_epochs", 0))
+    snaps = np.load(Path(run) / "snapshots.npy", mmap_mode="r", allow_pickle=False)
+    snaps = snaps[:, :done + 1]
+    usable = [np.isfinite(snaps[i, :need]).all() for i in range(len(snaps))]
+    return snaps, np.flatnonzero(usable), read_json(Path(run) / "config.json")
+
+
+def upper_bound(k: int, n: int, level: float = 0.95) -> float:
+    """One-sided Clopper-Pearson upper bound of a rate seen k times in n trials (with k = 0:
+    1 - (1 - level)^(1/n), about 3 / n at 95%)."""
+    from scipy.stats import beta
+
+    return 1.0 if k >= n else float(beta.ppf(level, k + 1, n - k))
 
 
 def _index(snaps: np.ndarray, epochs: np.ndarray, svd: int | None, **kw):
@@ -76,8 +101,14 @@ def evaluate(snaps: np.ndarray, unseen: np.ndarray, epochs: int, extra: int,
         out["beyond_even"] = _beyond(index, snaps, epochs, extra)
         out["beyond_full"] = _beyond(full, snaps, epochs, extra)
     res = identify(full, unseen[:, 1:epochs + 1].reshape(-1, p))
-    out["unseen_false_accept"] = float(np.mean([not r.unknown for r in res]))
+    accepted = np.array([not r.unknown for r in res]).reshape(len(unseen), epochs)
+    out["unseen_false_accept"] = float(np.mean(accepted))
     out["unseen_n"] = len(res)
+    # models, not checkpoints, are the independent trials: a model counts as falsely accepted
+    # when any of its checkpoints is
+    k = int(accepted.any(axis=1).sum())
+    out.update(unseen_models=len(unseen), unseen_models_accepted=k,
+               unseen_model_fa_upper95=upper_bound(k, len(unseen)))
     return out
 
 
@@ -98,7 +129,9 @@ def summary_lines(space: str, r: dict) -> list[str]:
              f"accepted {r['holdout_accepted']:.3f} epoch MAE {r['holdout_epoch_mae']:.2f} "
              f"beyond-FP {r['holdout_flagged']:.3f} (E-1: {r['holdout_flagged_last_odd']:.3f}, "
              f"E: {r['even_last_flagged']:.3f}) | unseen false-accept "
-             f"{r['unseen_false_accept']:.3f} | cutoff {cal['back']:.2f} "
+             f"{r['unseen_false_accept']:.3f}, models {r['unseen_models_accepted']}/"
+             f"{r['unseen_models']} (95% upper {r['unseen_model_fa_upper95']:.3f}) | "
+             f"cutoff {cal['back']:.2f} "
              f"(LLO TPR {cal['llo_tpr']:.2f}, LOO FPR {cal['loo_fpr']:.3f}) "
              f"[{r.get('seconds', 0)} s]"]
     for name in ("even", "full"):

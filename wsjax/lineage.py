@@ -99,10 +99,15 @@ def recover_lineage(models: list[Model], root_cost: float = ROOT_COST) -> list[E
     _check(models)
     names = [m.name for m in models]
     dist, foot = {}, {}
+    # A parent's initialization (step 0) is no fork point: inits of unrelated models lie
+    # nearer to each other than trained weights do, so every root would find a "parent" there.
+    trained = {p.name: p.steps > 0 if (p.steps > 0).any() else np.ones(len(p.steps), bool)
+               for p in models}
     for c in models:
         for p in models:
             if p is not c:
-                d, epoch, _, _, _ = _segment_distance(c.x[0], p.x, p.steps)
+                keep = trained[p.name]
+                d, epoch, _, _, _ = _segment_distance(c.x[0], p.x[keep], p.steps[keep])
                 dist[p.name, c.name], foot[p.name, c.name] = d, epoch
     scale = {c: float(np.median([d for (_, cc), d in dist.items() if cc == c])) for c in names}
     cost = {(p, c): d / max(scale[c], 1e-300) for (p, c), d in dist.items()}
