@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from wsjax.cli import ArgumentParser, run_cli
+from wsjax.evaluation import tree_identify
 from wsjax.lineage import Fork, Model, lineage_agreement, mother_lineage, recover_lineage
 from wsjax.store import atomic_save_npz, atomic_write_json, read_json
 
@@ -66,11 +67,7 @@ def export(models: list[Model], out: Path) -> None:
     for m in models:
         (out / m.name).mkdir(parents=True, exist_ok=True)
         for x, step in zip(m.x, m.steps, strict=True):
-            parts = np.split(x.astype(np.float32), np.cumsum(
-                [int(np.prod(s)) for s in layout.shapes])[:-1])
-            save_file({n: p.reshape(s) for n, p, s in zip(layout.names, parts, layout.shapes,
-                                                           strict=True)},
-                      str(out / m.name / f"epoch_{int(step):03d}.safetensors"))
+            save_file(layout.unflatten(x), str(out / m.name / f"epoch_{int(step):03d}.safetensors"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,6 +94,13 @@ def main(argv: list[str] | None = None) -> int:
             result[f"{part} / {name}"] = a
             print(f"| {part} | {name} | {a['n_models']} | {a['parent_acc']:.3f} | "
                   f"{a['fork_acc']:.3f} | {a['direction_acc']:.3f} | {a['root_acc']:.3f} |")
+    result["identify"] = ident = tree_identify(parts["design (15 roots)"],
+                                               parts["held-out (5 roots)"])
+    print(f"identify: held-out families as unseen models, {ident['unseen_accepted']}/"
+          f"{ident['unseen_models']} accepted (95% upper {ident['unseen_fa_upper95']:.3f}); "
+          f"their odd steps against their even ones: right model "
+          f"{ident['holdout_model_acc']:.3f} of {ident['holdout_n']}, epoch error "
+          f"{ident['holdout_epoch_mae']:.2f}")
     if args.export:
         export(parts["held-out (5 roots)"], Path(args.export))
     if args.json:

@@ -228,3 +228,18 @@ def test_flat_vectors_only_compare_lengths():
     assert index.layout.flat
     assert index.layout.difference(Layout(("a",), ((2, 2),), ("float32",))) is None
     assert "5 weights" in index.layout.difference(Layout.flat_of(5))
+
+
+def test_layout_unflatten_inverts_flatten_named():
+    from wsjax.checkpoints import flatten_named
+
+    rng = np.random.default_rng(0)
+    arrays = {"Dense_0/kernel": rng.normal(size=(4, 3)).astype(np.float32),
+              "Dense_0/bias": rng.normal(size=(3,)).astype(np.float32),
+              "Conv_0/kernel": rng.normal(size=(2, 2, 1, 2)).astype(np.float32)}
+    x, layout = flatten_named(arrays)
+    back = layout.unflatten(x)
+    assert set(back) == set(arrays)
+    for k, v in arrays.items():
+        assert back[k].dtype == v.dtype
+        np.testing.assert_array_equal(back[k], v)

@@ -314,3 +314,13 @@ def test_cli_index_identify_order_json(zoos, tmp_path, cli):
     p = _cli("identify", "--index", tmp_path / "idx", tmp_path / "cnn.npy")
     assert p.returncode == 2 and p.stderr.startswith("error: ") and "1376" in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("k,n", [(0, 59), (0, 100), (1, 100), (7, 100), (3, 3)])
+def test_false_accept_upper_bound_is_clopper_pearson(k, n):
+    from wsjax.evaluation import upper_bound
+
+    ref = 1.0 if k == n else scipy.stats.binomtest(k, n).proportion_ci(0.90, "exact").high
+    assert upper_bound(k, n) == pytest.approx(ref, rel=1e-9)
+    if k == 0:
+        assert upper_bound(k, n) == pytest.approx(1 - 0.05 ** (1 / n))

@@ -119,3 +119,18 @@ def test_initializations_are_no_fork_points():
             truth[f"r{i}.{k}"] = (f"r{i}", float(k))
     got = {e.child: (e.parent, e.fork_step) for e in recover_lineage(models)}
     assert got == truth
+
+
+def test_tree_identify_on_straight_trajectories():
+    """Models on straight lines far apart: held-out (never indexed) models are rejected,
+    and odd steps sit exactly between their even neighbours."""
+    from wsjax.evaluation import tree_identify
+
+    d = 30
+    lines = [Model(f"m{i}", np.eye(d)[i] * 50 + np.outer(np.arange(6.0), np.eye(d)[i + 10]),
+                   np.arange(6.0)) for i in range(6)]
+    got = tree_identify(lines[:4], lines[4:])
+    assert got["unseen_accepted"] == 0 and got["unseen_models"] == 2
+    assert got["unseen_fa_upper95"] == pytest.approx(1 - 0.05 ** 0.5)
+    assert got["holdout_n"] == 6 and got["holdout_model_acc"] == 1.0
+    assert got["holdout_epoch_mae"] == pytest.approx(0.0, abs=1e-9)

@@ -100,6 +100,13 @@ class Layout:
                         f"{mine[name]} in the index")
         return None
 
+    def unflatten(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Flat weights [P] -> named arrays in this layout (the inverse of `flatten_named`)."""
+        ends = np.cumsum([int(np.prod(s)) for s in self.shapes])
+        parts = np.split(np.asarray(x), ends[:-1])
+        return {n: p.reshape(s).astype(d)
+                for n, p, s, d in zip(self.names, parts, self.shapes, self.dtypes, strict=True)}
+
     def check(self, other: Layout, where: str) -> None:
         """Raises LayoutMismatchError naming the first differing parameter."""
         diff = self.difference(other)

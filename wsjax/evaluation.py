@@ -23,7 +23,8 @@ import numpy as np
 from wsjax.identify import ORDER_METHODS, build_index, identify, order_agreement, order_checkpoints
 from wsjax.store import load_zoo, read_json, trajectory_points
 
-__all__ = ["evaluate", "evaluate_order", "run_members", "summary_lines", "upper_bound"]
+__all__ = ["evaluate", "evaluate_order", "run_members", "summary_lines", "tree_identify",
+           "upper_bound"]
 
 
 def run_members(run: str | Path, need: int, partial: bool = False):
@@ -143,3 +144,28 @@ def summary_lines(space: str, r: dict) -> list[str]:
                          f"{np.mean([x['accepted'] for x in rows]):.3f} | extra-epoch MAE "
                          f"{np.mean([x['extra_mae'] for x in rows]):.2f}")
     return lines
+
+
+def tree_identify(design: list, held: list) -> dict:
+    """Identify on a zoo with a known tree (`wsjax.lineage.Model`s): the held-out families as
+    never-seen models against an index of the design families (a model counts as accepted if
+    any of its checkpoints is), and the held-out models' odd steps against an index of their
+    even ones (relatives included: parents and siblings pass close)."""
+
+    def stack(models, keep):
+        rows = [(m.x[keep(m)], i, m.steps[keep(m)]) for i, m in enumerate(models)]
+        return (np.concatenate([r[0] for r in rows]),
+                np.concatenate([np.full(len(r[0]), r[1]) for r in rows]),
+                np.concatenate([r[2] for r in rows]))
+
+    index = build_index(*stack(design, lambda m: np.ones(len(m.steps), bool)))
+    k = sum(any(not r.unknown for r in identify(index, m.x)) for m in held)
+    index = build_index(*stack(held, lambda m: m.steps % 2 == 0))
+    q, truth, epoch = stack(held, lambda m: m.steps % 2 == 1)
+    res = identify(index, q)
+    return dict(unseen_models=len(held), unseen_accepted=int(k),
+                unseen_fa_upper95=upper_bound(int(k), len(held)), holdout_n=len(res),
+                holdout_model_acc=float(np.mean([r.nearest_model == str(t)
+                                                 for r, t in zip(res, truth, strict=True)])),
+                holdout_epoch_mae=float(np.mean([abs(r.epoch - e)
+                                                 for r, e in zip(res, epoch, strict=True)])))
