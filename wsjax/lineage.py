@@ -5,7 +5,8 @@ Ours (`recover_lineage`, trajectories): a model forked from checkpoint k of its 
 at that checkpoint, so its earliest checkpoint lies a few fine-tuning steps off the parent's
 trajectory, near epoch k; a root starts from a random initialisation, far from every other
 trajectory. The cost of the edge p -> c is the distance from c's earliest checkpoint to p's
-trajectory (polyline, as in `wsjax.identify`) over the median of its distances to all the
+trajectory (polyline, as in `wsjax.identify`, without its step 0: an initialization is no
+fork point) over the median of its distances to all the
 other trajectories (most of which are unrelated, at the distance of independent models); a
 virtual root offers every model the cost `root_cost` (a model whose start is no nearer to any
 trajectory than that share of the typical distance is a root); the tree is the minimum
