@@ -4,6 +4,7 @@
     python benchmarks/bench_linkage.py --n 3000 --d 500 --repeats 3
     python benchmarks/bench_linkage.py --n 100000 --only jax --cold  # a scale run, wsjax only
     python benchmarks/bench_linkage.py --table            # SVD + seven linkages (Table 2/3)
+    python benchmarks/bench_linkage.py --n 4000 --devices 1 2 4 --repeats 3  # jax on D devices
     pytest benchmarks/bench_linkage.py                    # small case under pytest-benchmark
 
 All run on the same trajectory-like data (random walks with shrinking steps, one walk after
@@ -67,6 +68,13 @@ def _table(x: np.ndarray, engine: str) -> None:
 
 
 def _child(name: str, n: int, d: int, table: bool, cold: bool, out) -> None:
+    if name.startswith("jax x"):  # D devices: set before JAX starts in this new process
+        import os
+
+        devices = int(name.split("x")[-1])
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   f" --xla_force_host_platform_device_count={devices}")
+        RUNNERS[name] = RUNNERS["jax"]
     try:
         out.put(_measure(name, n, d, table, cold))
     except BaseException as e:  # the parent waits for one answer: send the failure instead
@@ -119,10 +127,15 @@ def main() -> None:
                    help="which of numpy, jax (wsjax's engines) and scipy to run")
     p.add_argument("--table", action="store_true",
                    help="time the SVD and seven linkages of one zoo's table (wsjax engines)")
+    p.add_argument("--devices", type=int, nargs="+", default=None,
+                   help="time the jax engine on each of these numbers of devices (on a CPU, "
+                        "that many host devices), instead of --only")
     p.add_argument("--cold", action="store_true",
                    help="no warm-up at the full size: the time includes compilation (scale runs)")
     args = p.parse_args()
     names = [k for k in args.only if not (args.table and k == "scipy")]
+    if args.devices:
+        names = [f"jax x{k}" for k in args.devices]
     runs = {k: [] for k in names}
     for _ in range(args.repeats):
         for name in runs:  # alternate, so that all see the same machine load
@@ -133,15 +146,18 @@ def main() -> None:
     what = "SVD + 7 single linkages" if args.table else "single linkage"
     print(f"{what} of n={args.n} d={args.d}, repeats={args.repeats} (median seconds, peak MiB "
           f"above the data)")
-    print("| run | seconds | peak MiB | vs scipy | max rel. height diff to scipy |")
+    ref_label = f"{next(iter(runs))}" if args.devices else "scipy"
+    print(f"| run | seconds | peak MiB | vs {ref_label} | max rel. height diff to {ref_label} |")
     print("| --- | --- | --- | --- | --- |")
     for k in runs:
         ratio = diff = "-"
-        if "scipy" in runs and not args.table:
-            ratio = f"{med['scipy'] / med[k]:.2f}x"
-            ref = runs["scipy"][0][2]
+        first = next(iter(runs))
+        ref_name = "scipy" if "scipy" in runs else first if args.devices else None
+        if ref_name is not None and not args.table:
+            ratio = f"{med[ref_name] / med[k]:.2f}x"
+            ref = runs[ref_name][0][2]
             diff = f"{np.max(np.abs(runs[k][0][2] - ref) / np.maximum(ref, 1e-300)):.1e}"
-        label = k if k == "scipy" else f"wsjax {k} engine"
+        label = k if k == "scipy" or args.devices else f"wsjax {k} engine"
         print(f"| {label} | {med[k]:.2f} | {mem[k]:.0f} | {ratio} | {diff} |")
 
 

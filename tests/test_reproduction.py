@@ -216,3 +216,33 @@ def test_dead_features_counts_zero_dense_rows(tmp_path):
               test_accuracy=np.zeros((1, 2)), test_loss=np.zeros((1, 2)),
               train_loss=np.zeros((1, 1)), diverged_epoch=np.array([-1]), seeds=np.array([0]))
     assert dead_features(zoo) == 2.0
+
+
+def _verdict_commands() -> list[str]:
+    """The `python ...` commands of the verdict table at the top of docs/reproduction.md."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "reproduction.md").read_text()
+    section = text.split("## Verdict", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")][2:]
+    commands = [c for row in rows for c in re.findall(r"`(python [^`]+)`", row.split("|")[-2])]
+    assert len(rows) >= 8 and all(re.search(r"`python ", row) for row in rows), \
+        "every verdict row names the command that regenerates it"
+    return commands
+
+
+def test_every_command_of_the_verdict_table_exists():
+    import shlex
+    import subprocess
+    import sys
+
+    programs = set()
+    for command in _verdict_commands():
+        words = shlex.split(command)
+        programs.add(tuple(words[1:3]) if words[1] == "-m" else (words[1],))
+    assert programs
+    for program in sorted(programs):
+        done = subprocess.run([sys.executable, *program, "--help"], capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0 and "usage" in done.stdout.lower(), (program, done.stderr)
