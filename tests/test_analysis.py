@@ -207,6 +207,24 @@ def test_memory_estimate_shrinks_with_devices_and_refuses_up_front():
         mst(x, engine="cuda")
 
 
+def test_auto_engine_takes_the_tiles_where_the_numpy_table_would_not_fit():
+    from wsjax.analysis.linkage import choose_engine, default_engine, memory_needed
+
+    n, d = 20_000, 2
+    numpy_bytes, jax_bytes = memory_needed(n, d, "numpy"), memory_needed(n, d, "jax")
+    assert jax_bytes < numpy_bytes
+    between = (numpy_bytes + jax_bytes) // 2
+    assert choose_engine(n, d, "numpy", memory_limit=between) == "numpy"  # asked for: kept
+    assert choose_engine(n, d, memory_limit=10 * numpy_bytes) == default_engine()
+    want = "jax" if default_engine() == "numpy" else default_engine()
+    assert choose_engine(n, d, memory_limit=between) == want
+    # and mst follows it: under that limit "auto" runs instead of refusing
+    x = np.random.default_rng(1).normal(size=(300, 2))
+    a, b, w = mst(x, memory_limit=memory_needed(300, 2, "jax") + 1)
+    ref = hierarchy.linkage(x, method="single")[:, 2]
+    np.testing.assert_allclose(np.sort(w), ref, rtol=1e-9)
+
+
 @pytest.mark.parametrize("case", ["nan", "inf", "one_point", "memory"])
 def test_linkage_cli_rejects_bad_input_in_one_line(case, tmp_path, capsys):
     from wsjax.__main__ import main

@@ -172,6 +172,23 @@ def _ragged(start: np.ndarray, size: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return start[pair] + offs, pair
 
 
+def choose_engine(n: int, d: int, engine: str = "auto", memory_limit: int | None = None,
+                  group: int = 8, block: int = 2048) -> str:
+    """The engine `mst` runs for n x d points: `engine` unless it is "auto"; then
+    `default_engine()`, except that on a CPU the jax engine is taken where the numpy engine's
+    n x n/8 table would not fit in `memory_limit` (default: the host's available memory)."""
+    if engine != "auto":
+        return engine
+    engine = default_engine()
+    if engine == "numpy":
+        from wsjax.analysis.tiled_mst import host_memory_bytes
+
+        limit = memory_limit if memory_limit is not None else host_memory_bytes()
+        if limit is not None and memory_needed(n, d, "numpy", 1, group, block) > limit:
+            return "jax"
+    return engine
+
+
 def default_engine() -> str:
     """The engine that measures faster here: "jax" where JAX's default backend is an
     accelerator, "numpy" on a CPU (see the module docstring and docs/analysis.md)."""
@@ -268,7 +285,7 @@ def mst(x: np.ndarray, engine: str = "auto", group: int = 8, block: int = 2048,
         x: [n, d] finite points, n >= 2, in any order; the numpy engine is fastest when near
             points have near indices (a zoo's snapshots, model by model), otherwise it first
             sorts them so that they do.
-        engine: "numpy", "jax" (see the module docstring) or "auto" (`default_engine()`).
+        engine: "numpy", "jax" (see the module docstring) or "auto" (`choose_engine`).
         group: numpy engine: points per group of the group-minimum table.
         block: numpy engine: rows per matrix-product block.
         tol: relative float32 error allowed for, in units of the largest squared norm.
@@ -288,7 +305,7 @@ def mst(x: np.ndarray, engine: str = "auto", group: int = 8, block: int = 2048,
     if bad.size:
         raise ConfigError(f"single linkage got {bad.size} row(s) with NaN or inf (first: row "
                           f"{bad[0]}); drop diverged snapshots first")
-    engine = default_engine() if engine == "auto" else engine
+    engine = choose_engine(*x.shape, engine, memory_limit, group, block)
     if engine not in ENGINES:
         raise ConfigError(f"unknown linkage engine {engine!r}; choose auto, numpy or jax")
     if engine == "jax":

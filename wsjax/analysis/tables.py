@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from wsjax.analysis.linkage import cut, default_engine, merge_heights, single_linkage
+from wsjax.analysis.linkage import choose_engine, cut, merge_heights, single_linkage
 from wsjax.analysis.metrics import cluster_metrics
 from wsjax.analysis.svd import fit_svd, project
 from wsjax.analysis.uncertainty import bootstrap_intervals, per_model_purity, random_tie_orders
@@ -88,7 +88,7 @@ def zoo_tables_detail(zoo: Zoo, ks=DEFAULT_KS, include_epoch0: bool = False,
         else:
             spaces.append(int(k))
     svd = fit_svd(x, rank=max(spaces[1:])) if len(spaces) > 1 else None
-    engine = default_engine() if engine == "auto" else engine
+    engine = choose_engine(*x.shape, engine, memory_limit)
     notes.append(f"single linkage: {engine} engine on {jax.default_backend()}")
     it = spaces
     if progress:
