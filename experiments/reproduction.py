@@ -37,6 +37,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), metavar="NAME",
                    help="which variants (default: all; see --list)")
     p.add_argument("--seeds", type=int, default=16)
+    p.add_argument("--seed-start", type=int, default=0, help="first seed (replicate zoos)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--ks", type=int, nargs="*", default=[50, 10],
                    help="SVD dimensions in the table (default 50 10)")
@@ -68,12 +69,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.seeds < 2 or args.epochs < 2:
         raise ConfigError("--seeds and --epochs must be at least 2")
+    from wsjax.sharding import seed_mesh, use_cpu_cores
+
+    use_cpu_cores()  # before JAX starts: on a CPU, one device per core, the seeds over them
+    import jax
+
+    mesh = seed_mesh(jax.local_devices()) if len(jax.local_devices()) > 1 else None
     ds = load_dataset(args.dataset, args.data_dir)
     out, ks = Path(args.out), tuple(args.ks)
     for name in args.variants or list(VARIANTS):
         v = VARIANTS[name]
-        config = v.config(dataset=args.dataset, seeds=args.seeds, epochs=args.epochs)
-        zoo = load_zoo(run_zoo(config, out / name, dataset=ds, progress=not args.no_progress))
+        config = v.config(dataset=args.dataset, seeds=args.seeds, epochs=args.epochs,
+                          seed_start=args.seed_start)
+        zoo = load_zoo(run_zoo(config, out / name, dataset=ds, progress=not args.no_progress,
+                               mesh=mesh))
         print(comparison_markdown([variant_row(v.name, v.doc, zoo, ks)]).splitlines()[-1],
               flush=True)
     # One table over every variant trained in --out so far (also by earlier invocations).

@@ -246,3 +246,17 @@ def test_every_command_of_the_verdict_table_exists():
         done = subprocess.run([sys.executable, *program, "--help"], capture_output=True,
                               text=True, timeout=120)
         assert done.returncode == 0 and "usage" in done.stdout.lower(), (program, done.stderr)
+
+
+def test_cli_trains_a_variant_from_a_first_seed(tmp_path, capsys):
+    """--seed-start gives replicate zoos on disjoint seeds; member i is seed start + i."""
+    assert main(["--dataset", "digits", "--out", str(tmp_path), "--seeds", "2",
+                 "--seed-start", "7", "--epochs", "2", "--variants", "baseline",
+                 "--no-progress"]) == 0
+    zoo = load_zoo(tmp_path / "baseline")
+    assert zoo.seeds.tolist() == [7, 8]
+    alone = load_zoo(run_zoo(VARIANTS["baseline"].config(dataset="digits", seeds=1,
+                                                         seed_start=8, epochs=2),
+                             tmp_path / "one", progress=False, log=lambda *_: None))
+    np.testing.assert_allclose(zoo.snapshots[1], alone.snapshots[0], rtol=1e-5, atol=1e-6)
+    assert "baseline" in capsys.readouterr().out
