@@ -44,15 +44,12 @@ def synthetic_mnist(n_train: int, n_test: int):
 
 def time_zoo(arch: str, seeds: int, epochs: int, n_train: int, n_test: int) -> dict:
     """Runs one zoo and returns its figures."""
-    import jax
-
-    from wsjax.sharding import seed_mesh
+    from wsjax.sharding import members_mesh
     from wsjax.zoo import ZooConfig, run_zoo
 
     config = ZooConfig(arch=arch, seeds=seeds, epochs=epochs)
     ds = synthetic_mnist(n_train, n_test)
-    devices = jax.local_devices()
-    mesh = seed_mesh(devices) if len(devices) > 1 else None
+    mesh = members_mesh()
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         run_zoo(config, Path(tmp) / "run", dataset=ds, progress=True, mesh=mesh,

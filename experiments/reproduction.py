@@ -69,12 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.seeds < 2 or args.epochs < 2:
         raise ConfigError("--seeds and --epochs must be at least 2")
-    from wsjax.sharding import seed_mesh, use_cpu_cores
+    from wsjax.sharding import members_mesh, use_cpu_cores
 
     use_cpu_cores()  # before JAX starts: on a CPU, one device per core, the seeds over them
-    import jax
-
-    mesh = seed_mesh(jax.local_devices()) if len(jax.local_devices()) > 1 else None
+    mesh = members_mesh()
     ds = load_dataset(args.dataset, args.data_dir)
     out, ks = Path(args.out), tuple(args.ks)
     for name in args.variants or list(VARIANTS):

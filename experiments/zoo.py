@@ -83,13 +83,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import jax
 
-    from wsjax.sharding import seed_mesh
+    from wsjax.sharding import members_mesh
 
     local = jax.local_devices()
     if not 0 <= args.devices <= len(local):
         raise ConfigError(f"--devices must be 0..{len(local)} (0: all local devices)")
     devices = local[: args.devices or len(local)]
-    mesh = seed_mesh(devices) if len(devices) > 1 else None
+    mesh = members_mesh(devices)
     run_zoo(config, out, data_dir=args.data_dir, progress=not args.no_progress, mesh=mesh,
             restart=args.restart, wait=args.wait)
     return 0

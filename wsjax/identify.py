@@ -227,8 +227,8 @@ def _segments(trajs: dict, ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         a.append(sel[:-1] if len(sel) > 1 else sel)
         b.append(sel[1:] if len(sel) > 1 else sel)
         owner.append(np.full(len(a[-1]), int(t)))
-    cat = (lambda v: np.concatenate(v)) if a else (lambda v: np.zeros(0, np.int64))
-    return cat(a), cat(b), cat(owner)
+    empty = [np.zeros(0, np.int64)]
+    return np.concatenate(a or empty), np.concatenate(b or empty), np.concatenate(owner or empty)
 
 
 def _segment_constants(points: np.ndarray, a: np.ndarray, b: np.ndarray):

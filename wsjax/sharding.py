@@ -74,6 +74,12 @@ def seed_mesh(devices=None) -> Mesh:
     return Mesh(np.array(devs), (SEED_AXIS,))
 
 
+def members_mesh(devices=None) -> Mesh | None:
+    """`seed_mesh(devices)` where there are several devices, None (no sharding) for one."""
+    devs = list(jax.local_devices() if devices is None else devices)
+    return seed_mesh(devs) if len(devs) > 1 else None
+
+
 def shard_members(tree, mesh: Mesh, replicate: bool = False):
     """Places every leaf of `tree` on `mesh`: split along axis 0 over "seeds", or replicated.
 
