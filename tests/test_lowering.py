@@ -137,10 +137,15 @@ def test_paper_models_lower_to_no_convolution_or_window():
     ((2, 3), ((0, 2), (1, 0)), (2, 1)),
     ((3, 2), ((2, 2), (0, 0)), (1, 2)),
 ])
-def test_convolution_vjp_equals_jax_derivative(strides, padding, dilation):
-    """The small-map form's custom VJP (input gradient as a convolution of the dilated output
-    gradient) against JAX's derivative of lax.conv_general_dilated."""
-    from wsjax.train.lowering import _conv_nhwc
+@pytest.mark.parametrize("form", ["_conv_nhwc", "_conv_taps"])
+def test_convolution_vjp_equals_jax_derivative(strides, padding, dilation, form):
+    """Both forms' custom VJPs against JAX's derivative of lax.conv_general_dilated, on any
+    map size: the small-map form (input gradient as a convolution of the dilated output
+    gradient) and the large-map form (channel-major tap windows, their gradient a sum of
+    pads)."""
+    from wsjax.train import lowering
+
+    conv = getattr(lowering, form)
 
     x = jax.random.normal(jax.random.key(10), (2, 7, 6, 3))
     w = jax.random.normal(jax.random.key(11), (3, 2, 3, 4))
@@ -150,7 +155,7 @@ def test_convolution_vjp_equals_jax_derivative(strides, padding, dilation):
                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
     def ours(x, w):
-        return _conv_nhwc(x, w, strides, padding, dilation, None)
+        return conv(x, w, strides, padding, dilation, None)
 
     np.testing.assert_allclose(np.asarray(ours(x, w)), np.asarray(reference(x, w)), **TOL)
     got = jax.grad(lambda *v: jnp.sum(jnp.sin(ours(*v))), argnums=(0, 1))(x, w)

@@ -8,9 +8,12 @@ elementwise operations and matrix products, which `vmap` turns into batched matr
 fused loops:
 
 - `conv_general_dilated` (any stride, padding, kernel dilation, layout): the input's windows
-  (strided slices, concatenated) times the kernel as a matrix. On small output maps (under
-  `LARGE_MAP` positions) the input gradient is a convolution of the dilated output gradient
-  (a custom VJP); on larger ones it is JAX's derivative of the windows;
+  (strided slices) times the kernel as a matrix. On small output maps (under `LARGE_MAP`
+  positions) the windows are cut channels-minor and the input gradient is a convolution of
+  the dilated output gradient (a custom VJP); on larger ones the windows are cut
+  channel-major, one whole slice per tap, every product of the step has a form the CPU's
+  matrix library accepts, and the input gradient is the taps' pads summed once (custom
+  VJPs);
 - `reduce_window_max` (max pooling): where the windows tile the input, a reshape and a max,
   the gradient sent to the first maximum of each window in row-major order, as JAX's own
   derivative does (a custom VJP of one select per tap); elsewhere the maximum over the
@@ -190,6 +193,97 @@ def _conv_nhwc_bwd(strides, padding, dilation, precision, res, d_out):
 _conv_nhwc.defvjp(_conv_nhwc_fwd, _conv_nhwc_bwd)
 
 
+def _stack0(arrays):
+    """Stacked on a new leading axis, as a concatenation of reshapes: under vmap the member
+    axis stays in front (a stack's expand_dims would put it second and cost a transpose)."""
+    return jnp.concatenate([lax.reshape(a, (1, *a.shape)) for a in arrays], axis=0)
+
+
+def _out_positions(spatial_shape, window, strides, padding, dilation) -> list[int]:
+    return [_positions(n + lo + hi, k, s, d) for n, (lo, hi), k, s, d
+            in zip(spatial_shape, padding, window, strides, dilation, strict=True)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _tap_windows(x, window, strides, padding, dilation):
+    """x [C, N, *spatial] -> its windows [T * C, N * prod(out)], taps row-major, then
+    channels: each tap's strided slice written whole, where windows with the channels minor
+    would interleave narrow slices element by element."""
+    x = lax.pad(x, jnp.zeros((), x.dtype),
+                [(0, 0, 0), (0, 0, 0)] + [(lo, hi, 0) for lo, hi in padding])
+    out = _out_positions(x.shape[2:], window, strides, [(0, 0)] * len(window), dilation)
+    taps = []
+    for tap in itertools.product(*(range(k) for k in window)):
+        start = [0, 0] + [t * d for t, d in zip(tap, dilation, strict=True)]
+        limit = [*x.shape[:2]] + [b + (o - 1) * s + 1
+                                  for b, o, s in zip(start[2:], out, strides, strict=True)]
+        taps.append(lax.slice(x, start, limit, (1, 1, *strides)))
+    return _stack0(taps).reshape(len(taps) * x.shape[0], -1)
+
+
+def _tap_windows_fwd(x, window, strides, padding, dilation):
+    return _tap_windows(x, window, strides, padding, dilation), x.shape
+
+
+def _tap_windows_bwd(window, strides, padding, dilation, x_shape, d_cols):
+    out = _out_positions(x_shape[2:], window, strides, padding, dilation)
+    padded = [n + lo + hi for n, (lo, hi) in zip(x_shape[2:], padding, strict=True)]
+    taps = list(itertools.product(*(range(k) for k in window)))
+    d = d_cols.reshape(len(taps), *x_shape[:2], *out)
+    zero = jnp.zeros((), d.dtype)
+    parts = []
+    for i, tap in enumerate(taps):
+        pads = [(0, 0, 0), (0, 0, 0)]
+        for t, dl, o, s, n in zip(tap, dilation, out, strides, padded, strict=True):
+            pads.append((t * dl, n - t * dl - ((o - 1) * s + 1), s - 1))
+        parts.append(lax.pad(d[i], zero, pads))
+    # the taps' gradients summed as a product with ones, which XLA computes once: a sum of
+    # adds would be fused into, and recomputed by, every consumer reading an element twice
+    # (the max pool's gradient before it reads each element once per window tap)
+    summed = jnp.tensordot(jnp.ones(len(parts), d.dtype), _stack0(parts), 1)
+    start = [0, 0] + [lo for lo, _ in padding]
+    limit = [*x_shape[:2]] + [lo + n for (lo, _), n in zip(padding, x_shape[2:], strict=True)]
+    return (lax.slice(summed, start, limit),)
+
+
+_tap_windows.defvjp(_tap_windows_fwd, _tap_windows_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _cols_product(cols, w, precision=None):
+    """cols [K, P] contracted on their leading axis with w [K, O] -> [P, O]. Every product,
+    forward and both gradients, takes the forms the CPU's matrix library accepts (no
+    transposed left operand): the forward as (w^T cols)^T, the weight gradient cols g, the
+    windows' gradient w g^T."""
+    return _cols_product_fwd(cols, w, precision)[0]
+
+
+def _cols_product_fwd(cols, w, precision):
+    w_t = lax.optimization_barrier(w.T)                                 # [O, K], materialized
+    return jnp.dot(w_t, cols, precision=precision).T, (cols, w)
+
+
+def _cols_product_bwd(precision, res, g):
+    cols, w = res
+    d_cols = lax.dot_general(w, g, (((1,), (1,)), ((), ())), precision=precision)  # [K, P]
+    return d_cols, jnp.dot(cols, g, precision=precision)
+
+
+_cols_product.defvjp(_cols_product_fwd, _cols_product_bwd)
+
+
+def _conv_taps(x, w, strides, padding, dilation, precision):
+    """Convolution of x [N, *spatial, C] with w [*k, C, O] -> [N, *out, O] as the windows of
+    x taken channel-major ([C, N, *spatial], `_tap_windows`) times the kernel matrix."""
+    spatial = w.ndim - 2
+    window = tuple(w.shape[:spatial])
+    xc = jnp.moveaxis(x, -1, 0)
+    cols = _tap_windows(xc, window, strides, padding, dilation)
+    out = _out_positions(x.shape[1:-1], window, strides, padding, dilation)
+    y = _cols_product(cols, w.reshape(-1, w.shape[-1]), precision)        # [P, O]
+    return y.reshape(x.shape[0], *out, w.shape[-1])
+
+
 def _conv(lhs, rhs, *, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
           feature_group_count, batch_group_count, precision, preferred_element_type, **_):
     if (feature_group_count != 1 or batch_group_count != 1 or any(d != 1 for d in lhs_dilation)
@@ -211,10 +305,8 @@ def _conv(lhs, rhs, *, window_strides, padding, lhs_dilation, rhs_dilation, dime
         out = _conv_nhwc(x, w, tuple(window_strides), padding, tuple(rhs_dilation),
                          precision)                                       # [N, *out, O]
     else:
-        # larger maps: JAX's own derivative of the windows (pads of the output gradient's
-        # windows, summed), cheaper there than windows of the dilated output gradient
-        windows = _patches(x, window, window_strides, padding, rhs_dilation)
-        out = jnp.tensordot(windows, w.reshape(-1, w.shape[-1]), 1, precision=precision)
+        out = _conv_taps(x, w, tuple(window_strides), padding, tuple(rhs_dilation),
+                         precision)
     # our axes are (batch, spatial..., feature): spec entries 0, 2.., 1
     perm = [0] * out.ndim
     for ours, spec_index in enumerate((0, *range(2, spatial + 2), 1)):
