@@ -260,7 +260,10 @@ def _cols_product(cols, w, precision=None):
 
 def _cols_product_fwd(cols, w, precision):
     w_t = lax.optimization_barrier(w.T)                                 # [O, K], materialized
-    return jnp.dot(w_t, cols, precision=precision).T, (cols, w)
+    # the barrier keeps XLA from folding the transpose into the product, whose transposed
+    # left operand the matrix library would then decline
+    y_t = lax.optimization_barrier(jnp.dot(w_t, cols, precision=precision))    # [O, P]
+    return y_t.T, (cols, w)
 
 
 def _cols_product_bwd(precision, res, g):
