@@ -162,3 +162,29 @@ def test_convolution_vjp_equals_jax_derivative(strides, padding, dilation, form)
     want = jax.grad(lambda *v: jnp.sum(jnp.sin(reference(*v))), argnums=(0, 1))(x, w)
     for g, r in zip(got, want, strict=True):
         np.testing.assert_allclose(np.asarray(g), np.asarray(r), **TOL)
+
+
+class _ConvPool(nn.Module):
+    """conv 3x3 (7x7 map) -> bias, leaky ReLU -> 2x2 max pool that drops the last row and
+    column; with `also_sum`, the conv's whole output is used as well."""
+    also_sum: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        y = nn.leaky_relu(nn.Conv(4, (3, 3), padding="SAME")(x), 0.1)
+        out = nn.max_pool(y, (2, 2), (2, 2)).reshape(-1)
+        return out + jnp.mean(y) if self.also_sum else out
+
+
+@pytest.mark.parametrize("also_sum", [False, True])
+def test_conv_outputs_a_pool_drops_are_cut_only_when_nothing_else_reads_them(also_sum):
+    from wsjax.train.lowering import _needed_regions
+
+    module = _ConvPool(also_sum)
+    x = jax.random.normal(jax.random.key(12), (3, 2, 7, 7, 1))
+    _check(module, x)
+    params = module.init(jax.random.key(0), x[0])
+    jaxpr = jax.make_jaxpr(module.apply)(params, x[0]).jaxpr
+    conv = next(e for e in jaxpr.eqns if e.primitive.name == "conv_general_dilated")
+    box = _needed_regions(jaxpr).get(conv.outvars[0])
+    assert box == (None if also_sum else ((0, 2), (0, 6), (0, 6), (0, 4)))

@@ -13,7 +13,8 @@ fused loops:
   the dilated output gradient (a custom VJP); on larger ones the windows are cut
   channel-major, one whole slice per tap, every product of the step has a form the CPU's
   matrix library accepts, and the input gradient is the taps' pads summed once (custom
-  VJPs);
+  VJPs). Output positions that nothing reads (the last row and column of an odd map before
+  a 2 x 2 pool, `_needed_regions`) are not computed;
 - `reduce_window_max` (max pooling): where the windows tile the input, a reshape and a max,
   the gradient sent to the first maximum of each window in row-major order, as JAX's own
   derivative does (a custom VJP of one select per tap); elsewhere the maximum over the
@@ -80,11 +81,14 @@ def _evaluate(jaxpr, consts, args) -> list:
     for var, value in itertools.chain(zip(jaxpr.constvars, consts, strict=True),
                                       zip(jaxpr.invars, args, strict=True)):
         env[var] = value
+    needed = _needed_regions(jaxpr)
     for eqn in jaxpr.eqns:
         invals = [read(v) for v in eqn.invars]
         name = eqn.primitive.name
         outs = None
-        if name in _RULES:
+        if name == "conv_general_dilated":
+            outs = _conv(*invals, keep=needed.get(eqn.outvars[0]), **eqn.params)
+        elif name in _RULES:
             outs = _RULES[name](*invals, **eqn.params)
         elif name in ("pjit", "jit"):
             inner = eqn.params["jaxpr"]
@@ -97,6 +101,65 @@ def _evaluate(jaxpr, consts, args) -> list:
         for var, value in zip(eqn.outvars, outs, strict=True):
             env[var] = value
     return [read(v) for v in jaxpr.outvars]
+
+
+# Primitives whose output element i depends only on element i of same-shaped operands.
+_ELEMENTWISE = frozenset({
+    "abs", "add", "add_any", "convert_element_type", "cos", "div", "eq", "exp", "exp2",
+    "expm1", "ge", "gt", "integer_pow", "le", "log", "log1p", "logistic", "lt", "max", "min",
+    "mul", "ne", "neg", "pow", "rsqrt", "select_n", "sign", "sin", "sqrt", "square", "sub",
+    "tanh", "stop_gradient"})
+
+
+def _needed_regions(jaxpr, out_boxes=None) -> dict:
+    """For each variable of `jaxpr`, the box ((lo, hi) per axis) of its elements that the
+    program's outputs depend on, where that is less than the whole array: elements that only
+    a pooling window's floor division drops (the last row of an odd map before a 2 x 2 pool)
+    are not needed. Traced backwards through elementwise operations; any other use needs
+    everything."""
+    boxes: dict = {}
+
+    def demand(v, box):
+        if isinstance(v, jex.Literal) or not hasattr(v.aval, "shape"):
+            return
+        full = tuple((0, n) for n in v.aval.shape)
+        box = full if box is None or len(box) != len(full) else box
+        old = boxes.get(v)
+        boxes[v] = box if old is None else tuple(
+            (min(a, c), max(b, d)) for (a, b), (c, d) in zip(old, box, strict=True))
+
+    for v, box in zip(jaxpr.outvars, out_boxes or [None] * len(jaxpr.outvars), strict=True):
+        demand(v, box)
+    for eqn in reversed(jaxpr.eqns):
+        name, outs = eqn.primitive.name, [boxes.get(v) for v in eqn.outvars]
+        shape = getattr(eqn.outvars[0].aval, "shape", None)
+        inner = eqn.params.get("jaxpr") if name in ("pjit", "jit") else (
+            eqn.params.get("call_jaxpr") if name == "custom_jvp_call" else None)
+        if inner is not None:  # a jitted function (an activation): traced through
+            inner = getattr(inner, "jaxpr", inner)
+            inner_boxes = _needed_regions(inner, outs)
+            for v, u in zip(eqn.invars, inner.invars, strict=True):
+                demand(v, inner_boxes.get(u))
+        elif name in _ELEMENTWISE and len(outs) == 1:
+            box = outs[0]
+            for v in eqn.invars:
+                demand(v, box if getattr(v.aval, "shape", None) == shape else None)
+        elif (name in ("reduce_window_max", "reduce_window_sum") and outs[0] is not None
+              and all(lo == 0 and hi == 0 for lo, hi in eqn.params["padding"])
+              and all(d == 1 for d in eqn.params["base_dilation"])):
+            p = eqn.params
+            box = tuple((lo * s, (hi - 1) * s + (w - 1) * d + 1) if hi > lo else (0, 0)
+                        for (lo, hi), s, w, d in zip(outs[0], p["window_strides"],
+                                                     p["window_dimensions"],
+                                                     p["window_dilation"], strict=True))
+            demand(eqn.invars[0], box)
+        else:
+            for v in eqn.invars:
+                demand(v, None)
+    if out_boxes is not None:  # a jitted function's: every box, for the caller
+        return boxes
+    return {v: box for v, box in boxes.items()
+            if any(hi - lo < n for (lo, hi), n in zip(box, v.aval.shape, strict=True))}
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -288,7 +351,8 @@ def _conv_taps(x, w, strides, padding, dilation, precision):
 
 
 def _conv(lhs, rhs, *, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-          feature_group_count, batch_group_count, precision, preferred_element_type, **_):
+          feature_group_count, batch_group_count, precision, preferred_element_type,
+          keep=None, **_):
     if (feature_group_count != 1 or batch_group_count != 1 or any(d != 1 for d in lhs_dilation)
             or any(lo < 0 or hi < 0 for lo, hi in padding)
             or (preferred_element_type is not None and preferred_element_type != lhs.dtype)
@@ -299,9 +363,26 @@ def _conv(lhs, rhs, *, window_strides, padding, lhs_dilation, rhs_dilation, dime
     x = jnp.transpose(lhs, (lhs_spec[0], *lhs_spec[2:], lhs_spec[1]))     # [N, *sp, C]
     w = jnp.transpose(rhs, (*rhs_spec[2:], rhs_spec[1], rhs_spec[0]))     # [*k, C, O]
     window, padding = w.shape[:spatial], tuple(map(tuple, padding))
-    positions = np.prod([_positions(n + lo + hi, k, s, d) for n, (lo, hi), k, s, d
-                         in zip(x.shape[1:-1], padding, window, window_strides, rhs_dilation,
-                                strict=True)])
+    full = [_positions(n + lo + hi, k, s, d) for n, (lo, hi), k, s, d
+            in zip(x.shape[1:-1], padding, window, window_strides, rhs_dilation, strict=True)]
+    # only the leading output positions that the program reads (`keep`, from
+    # _needed_regions): the input cut (or its high padding cut) to what they cover
+    kept = list(full)
+    if keep is not None:
+        kept = [min(o, keep[out_spec[2 + i]][1]) if keep[out_spec[2 + i]][0] == 0 else o
+                for i, o in enumerate(full)]
+        if kept != full and min(kept) > 0:
+            pads, sizes = [], []
+            for i, (n, (lo, _)) in enumerate(zip(x.shape[1:-1], padding, strict=True)):
+                reach = (kept[i] - 1) * window_strides[i] + rhs_dilation[i] * (window[i] - 1) + 1
+                new_hi = reach - lo - n
+                pads.append((lo, max(new_hi, 0)))
+                sizes.append(n + min(new_hi, 0))
+            x = x[(slice(None), *(slice(0, m) for m in sizes), slice(None))]
+            padding = tuple(pads)
+        else:
+            kept = list(full)
+    positions = np.prod(kept)
     if positions < LARGE_MAP:
         # small maps: the input gradient as a convolution of the dilated output gradient
         # (no sum of padded window gradients)
@@ -310,6 +391,10 @@ def _conv(lhs, rhs, *, window_strides, padding, lhs_dilation, rhs_dilation, dime
     else:
         out = _conv_taps(x, w, tuple(window_strides), padding, tuple(rhs_dilation),
                          precision)
+    if kept != full:
+        out = lax.pad(out, jnp.zeros((), out.dtype),
+                      [(0, 0, 0)] + [(0, f - k, 0) for f, k in zip(full, kept, strict=True)]
+                      + [(0, 0, 0)])
     # our axes are (batch, spatial..., feature): spec entries 0, 2.., 1
     perm = [0] * out.ndim
     for ours, spec_index in enumerate((0, *range(2, spatial + 2), 1)):
