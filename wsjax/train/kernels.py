@@ -2,8 +2,9 @@
 of members at once, used by the training core (`wsjax.train.core`) in place of the general
 path for those two models only.
 
-Kept because the general path (lowered Flax layers under vmap) measures more than 1.3x slower
-than these on the training benchmark (docs/performance.md).
+Kept while the general path (lowered Flax layers under vmap) measures more than 1.3x slower
+than these on the training benchmark, on the CPU or on a GPU (docs/performance.md says where
+each stands).
 
 What they do that the general path does not: the first conv's windows are cut once for the
 whole training set and gathered per step; only the conv outputs that survive the max-pools are
