@@ -188,3 +188,32 @@ def test_conv_outputs_a_pool_drops_are_cut_only_when_nothing_else_reads_them(als
     conv = next(e for e in jaxpr.eqns if e.primitive.name == "conv_general_dilated")
     box = _needed_regions(jaxpr).get(conv.outvars[0])
     assert box == (None if also_sum else ((0, 2), (0, 6), (0, 6), (0, 4)))
+
+
+def test_conv_whose_kept_outputs_read_only_padding_is_computed_whole():
+    """A pool that keeps outputs of a conv whose low padding exceeds its kernel: the kept
+    outputs read no input row to cut, so the conv is computed whole. The reference pads
+    explicitly and convolves VALID (XLA's own gradient of such a padded convolution is not
+    reliable on the CPU)."""
+
+    def model(padded):
+        class PadHeavy(nn.Module):
+            @nn.compact
+            def __call__(self, x):
+                if padded:
+                    x = jnp.pad(x, ((0, 0), (3, 0), (3, 0), (0, 0)))
+                y = nn.Conv(2, (2, 2), padding="VALID" if padded else ((3, 0), (3, 0)))(x)
+                return nn.max_pool(y, (1, 1), (7, 7)).reshape(-1)           # row 0 only
+        return PadHeavy()
+
+    x = jax.random.normal(jax.random.key(13), (2, 5, 5, 1))
+    params = model(False).init(jax.random.key(0), x)
+
+    def value_and_grads(fn):
+        return jax.value_and_grad(lambda p, v: jnp.sum(jnp.sin(fn(p, v))), argnums=(0, 1))(
+            params, x)
+
+    want = value_and_grads(model(True).apply)
+    got = value_and_grads(lower(model(False).apply))
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), **TOL)

@@ -371,16 +371,16 @@ def _conv(lhs, rhs, *, window_strides, padding, lhs_dilation, rhs_dilation, dime
     if keep is not None:
         kept = [min(o, keep[out_spec[2 + i]][1]) if keep[out_spec[2 + i]][0] == 0 else o
                 for i, o in enumerate(full)]
-        if kept != full and min(kept) > 0:
-            pads, sizes = [], []
-            for i, (n, (lo, _)) in enumerate(zip(x.shape[1:-1], padding, strict=True)):
-                reach = (kept[i] - 1) * window_strides[i] + rhs_dilation[i] * (window[i] - 1) + 1
-                new_hi = reach - lo - n
-                pads.append((lo, max(new_hi, 0)))
-                sizes.append(n + min(new_hi, 0))
+        pads, sizes = [], []
+        for i, (n, (lo, _)) in enumerate(zip(x.shape[1:-1], padding, strict=True)):
+            reach = (kept[i] - 1) * window_strides[i] + rhs_dilation[i] * (window[i] - 1) + 1
+            new_hi = reach - lo - n
+            pads.append((lo, max(new_hi, 0)))
+            sizes.append(n + min(new_hi, 0))
+        if kept != full and min(kept) > 0 and min(sizes) > 0:
             x = x[(slice(None), *(slice(0, m) for m in sizes), slice(None))]
             padding = tuple(pads)
-        else:
+        else:  # nothing to cut, or the kept outputs read only the low padding
             kept = list(full)
     positions = np.prod(kept)
     if positions < LARGE_MAP:
