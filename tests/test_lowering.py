@@ -166,7 +166,7 @@ def test_convolution_vjp_equals_jax_derivative(strides, padding, dilation, form)
 
 class _ConvPool(nn.Module):
     """conv 3x3 (7x7 map) -> bias, leaky ReLU -> 2x2 max pool that drops the last row and
-    column; with `also_sum`, the conv's whole output is used as well."""
+    column; with `also_sum`, the mean of the conv's whole output is added as well."""
     also_sum: bool = False
 
     @nn.compact

@@ -108,7 +108,7 @@ _ELEMENTWISE = frozenset({
     "abs", "add", "add_any", "convert_element_type", "cos", "div", "eq", "exp", "exp2",
     "expm1", "ge", "gt", "integer_pow", "le", "log", "log1p", "logistic", "lt", "max", "min",
     "mul", "ne", "neg", "pow", "rsqrt", "select_n", "sign", "sin", "sqrt", "square", "sub",
-    "tanh", "stop_gradient"})
+    "tanh"})
 
 
 def _needed_regions(jaxpr, out_boxes=None) -> dict:
@@ -272,15 +272,8 @@ def _tap_windows(x, window, strides, padding, dilation):
     """x [C, N, *spatial] -> its windows [T * C, N * prod(out)], taps row-major, then
     channels: each tap's strided slice written whole, where windows with the channels minor
     would interleave narrow slices element by element."""
-    x = lax.pad(x, jnp.zeros((), x.dtype),
-                [(0, 0, 0), (0, 0, 0)] + [(lo, hi, 0) for lo, hi in padding])
-    out = _out_positions(x.shape[2:], window, strides, [(0, 0)] * len(window), dilation)
-    taps = []
-    for tap in itertools.product(*(range(k) for k in window)):
-        start = [0, 0] + [t * d for t, d in zip(tap, dilation, strict=True)]
-        limit = [*x.shape[:2]] + [b + (o - 1) * s + 1
-                                  for b, o, s in zip(start[2:], out, strides, strict=True)]
-        taps.append(lax.slice(x, start, limit, (1, 1, *strides)))
+    taps = _window_slices(x, (1, 1, *window), (1, 1, *strides), [(0, 0), (0, 0), *padding],
+                          (1, 1, *dilation), 0)
     return _stack0(taps).reshape(len(taps) * x.shape[0], -1)
 
 
@@ -363,8 +356,7 @@ def _conv(lhs, rhs, *, window_strides, padding, lhs_dilation, rhs_dilation, dime
     x = jnp.transpose(lhs, (lhs_spec[0], *lhs_spec[2:], lhs_spec[1]))     # [N, *sp, C]
     w = jnp.transpose(rhs, (*rhs_spec[2:], rhs_spec[1], rhs_spec[0]))     # [*k, C, O]
     window, padding = w.shape[:spatial], tuple(map(tuple, padding))
-    full = [_positions(n + lo + hi, k, s, d) for n, (lo, hi), k, s, d
-            in zip(x.shape[1:-1], padding, window, window_strides, rhs_dilation, strict=True)]
+    full = _out_positions(x.shape[1:-1], window, window_strides, padding, rhs_dilation)
     # only the leading output positions that the program reads (`keep`, from
     # _needed_regions): the input cut (or its high padding cut) to what they cover
     kept = list(full)
