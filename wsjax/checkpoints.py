@@ -167,23 +167,26 @@ def _read_orbax(path: Path) -> dict[str, np.ndarray]:
     import orbax.checkpoint as ocp
 
     item = _orbax_item(path)
-    ckptr = ocp.PyTreeCheckpointer()
     absl = logging.getLogger("absl")
     level = absl.level
     absl.setLevel(logging.ERROR)
-    try:  # what it prints about a damaged folder (warnings, its threads' tracebacks) repeats
-        with contextlib.redirect_stderr(io.StringIO()):  # the one-line error raised below
-            meta = ckptr.metadata(item)
+    try:
+        with ocp.PyTreeCheckpointer() as ckptr:
+            # what it prints about a damaged folder (warnings, its threads' tracebacks)
+            # repeats the one-line error raised below
+            with contextlib.redirect_stderr(io.StringIO()):
+                meta = ckptr.metadata(item)
+            tree = getattr(meta, "item_metadata", meta)
+            tree = getattr(tree, "tree", tree)
+            if not tree:
+                raise DataError(f"{path}: corrupted or truncated Orbax checkpoint (its array "
+                                "metadata cannot be read)")
+            # restored as host numpy arrays: the checkpoint's device sharding does not matter
+            as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+            restored = ckptr.restore(item, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
     finally:
         absl.setLevel(level)
-    tree = getattr(meta, "item_metadata", meta)
-    tree = getattr(tree, "tree", tree)
-    if not tree:
-        raise DataError(f"{path}: corrupted or truncated Orbax checkpoint (its array metadata "
-                        "cannot be read)")
-    # restored as host numpy arrays: the checkpoint's device sharding does not matter here
-    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-    return _flatten_tree(ckptr.restore(item, args=ocp.args.PyTreeRestore(restore_args=as_numpy)))
+    return _flatten_tree(restored)
 
 
 def _read_msgpack(path: Path) -> dict[str, np.ndarray]:
