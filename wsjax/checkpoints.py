@@ -28,6 +28,7 @@ import io
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,6 +163,9 @@ def _orbax_item(path: Path) -> Path:
     return items[0]
 
 
+_SETTLE_S = 0.25
+
+
 def _read_orbax(path: Path) -> dict[str, np.ndarray]:
     import jax
     import orbax.checkpoint as ocp
@@ -170,20 +174,28 @@ def _read_orbax(path: Path) -> dict[str, np.ndarray]:
     absl = logging.getLogger("absl")
     level = absl.level
     absl.setLevel(logging.ERROR)
+    # what it prints about a damaged folder (warnings, its threads' tracebacks) repeats the
+    # one-line error raised below
+    quiet = contextlib.redirect_stderr(io.StringIO())
     try:
-        with ocp.PyTreeCheckpointer() as ckptr:
-            # what it prints about a damaged folder (warnings, its threads' tracebacks)
-            # repeats the one-line error raised below
-            with contextlib.redirect_stderr(io.StringIO()):
+        with quiet, ocp.PyTreeCheckpointer() as ckptr:
+            try:
                 meta = ckptr.metadata(item)
-            tree = getattr(meta, "item_metadata", meta)
-            tree = getattr(tree, "tree", tree)
-            if not tree:
-                raise DataError(f"{path}: corrupted or truncated Orbax checkpoint (its array "
-                                "metadata cannot be read)")
-            # restored as host numpy arrays: the checkpoint's device sharding does not matter
-            as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-            restored = ckptr.restore(item, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
+                tree = getattr(meta, "item_metadata", meta)
+                tree = getattr(tree, "tree", tree)
+                if not tree:
+                    raise DataError(f"{path}: corrupted or truncated Orbax checkpoint (its "
+                                    "array metadata cannot be read)")
+                # restored as host numpy arrays: the checkpoint's sharding does not matter here
+                as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                                        tree)
+                restored = ckptr.restore(item,
+                                         args=ocp.args.PyTreeRestore(restore_args=as_numpy))
+            except Exception:
+                # its reads of the other arrays are still in flight and report, when they
+                # end, that its event loop has closed: let them end while stderr is quiet
+                time.sleep(_SETTLE_S)
+                raise
     finally:
         absl.setLevel(level)
     return _flatten_tree(restored)
