@@ -19,8 +19,16 @@ from pathlib import Path
 import numpy as np
 
 from wsjax.cli import ArgumentParser, run_cli
+from wsjax.errors import ConfigError
 from wsjax.evaluation import tree_identify
-from wsjax.lineage import Fork, Model, lineage_agreement, mother_lineage, recover_lineage
+from wsjax.lineage import (
+    Fork,
+    Model,
+    lineage_agreement,
+    mother_lineage,
+    recover_lineage,
+    trajectory_lineage,
+)
 from wsjax.store import atomic_save_npz, atomic_write_json, read_json
 
 ROOTS, HELD_OUT = 20, 5
@@ -39,31 +47,39 @@ def forks(roots: int = ROOTS) -> list[Fork]:
     return out
 
 
-def tree(out: Path, data_dir: str | None) -> tuple[list[Model], dict]:
+def tree(out: Path, data_dir: str | None, arch: str = "ffnn",
+         seed_start: int = 0) -> tuple[list[Model], dict]:
     """The trained tree (models, truth), from --out if it was trained before."""
     if not (out / "truth.json").exists():
         from wsjax.lineage import train_tree
         from wsjax.zoo import ZooConfig
 
-        cfg = ZooConfig(arch="ffnn", seeds=ROOTS, epochs=10)
+        cfg = ZooConfig(arch=arch, seeds=ROOTS, epochs=10, seed_start=seed_start)
         models, truth = train_tree(cfg, forks(), data_dir=data_dir)
         out.mkdir(parents=True, exist_ok=True)
         atomic_save_npz(out / "tree.npz", **{f"x:{m.name}": m.x for m in models},
                         **{f"steps:{m.name}": m.steps for m in models})
+        atomic_write_json(out / "config.json", dict(arch=arch, seed_start=seed_start))
         atomic_write_json(out / "truth.json", {c: list(v) for c, v in truth.items()})
+    # a tree trained before its settings were recorded is the FFNN one from seed 0
+    kept = read_json(out / "config.json") if (out / "config.json").exists() else \
+        dict(arch="ffnn", seed_start=0)
+    if kept != dict(arch=arch, seed_start=seed_start):
+        raise ConfigError(f"{out} holds a tree of {kept}, not of arch={arch!r}, "
+                          f"seed_start={seed_start}; give another --out")
     truth = {c: tuple(v) for c, v in read_json(out / "truth.json").items()}
     with np.load(out / "tree.npz", allow_pickle=False) as z:
         models = [Model(c, z[f"x:{c}"], z[f"steps:{c}"]) for c in truth]
     return models, truth
 
 
-def export(models: list[Model], out: Path) -> None:
-    """Each model as a folder of safetensors checkpoints named by epoch, the FFNN's layout."""
+def export(models: list[Model], out: Path, arch: str) -> None:
+    """Each model as a folder of safetensors checkpoints named by epoch, in arch's layout."""
     from safetensors.numpy import save_file
 
     from wsjax.identify import zoo_layout
 
-    layout = zoo_layout({"arch": "ffnn", "config": {"arch": "ffnn"}}, models[0].x.shape[1])
+    layout = zoo_layout({"arch": arch, "config": {"arch": arch}}, models[0].x.shape[1])
     for m in models:
         (out / m.name).mkdir(parents=True, exist_ok=True)
         for x, step in zip(m.x, m.steps, strict=True):
@@ -74,11 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = ArgumentParser(prog="python -m experiments.lineage_eval", description=__doc__)
     ap.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files")
     ap.add_argument("--out", default="runs/lineage-tree", help="where the tree is kept")
+    ap.add_argument("--arch", default="ffnn", choices=["ffnn", "cnn"],
+                    help="the paper's model the tree is made of")
+    ap.add_argument("--seed-start", type=int, default=0, help="first root's seed")
     ap.add_argument("--export", default=None, help="write the held-out models here as "
                     "folders of safetensors checkpoints (for python -m wsjax lineage)")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
-    models, truth = tree(Path(args.out), args.data_dir)
+    models, truth = tree(Path(args.out), args.data_dir, args.arch, args.seed_start)
     held = {f"r{i}" for i in range(ROOTS - HELD_OUT, ROOTS)}
     family = {m.name: m.name.split(".")[0] in held for m in models}
     parts = {"held-out (5 roots)": [m for m in models if family[m.name]],
@@ -89,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for part, ms in parts.items():
         sub = {m.name: truth[m.name] for m in ms}
-        for name, fn in (("ours", recover_lineage), ("MoTHer-style", mother_lineage)):
+        for name, fn in (("ours", recover_lineage), ("ours, Euclidean", trajectory_lineage),
+                         ("MoTHer-style", mother_lineage)):
             a = lineage_agreement(fn(ms), sub)
             result[f"{part} / {name}"] = a
             print(f"| {part} | {name} | {a['n_models']} | {a['parent_acc']:.3f} | "
@@ -102,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{ident['holdout_model_acc']:.3f} of {ident['holdout_n']}, epoch error "
           f"{ident['holdout_epoch_mae']:.2f}")
     if args.export:
-        export(parts["held-out (5 roots)"], Path(args.export))
+        export(parts["held-out (5 roots)"], Path(args.export), args.arch)
     if args.json:
         atomic_write_json(args.json, result)
     return 0

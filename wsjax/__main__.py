@@ -51,8 +51,9 @@ def _parser() -> ArgumentParser:
     od.add_argument("checkpoints", nargs="+")
     ln = sub.add_parser("lineage", help="recover which model was fine-tuned from which")
     ln.add_argument("sources", nargs="+", help="folders of checkpoints (a model per sub-folder)")
-    ln.add_argument("--method", default="trajectory", choices=["trajectory", "mother"],
-                    help="trajectory (ours) or the MoTHer-style baseline")
+    ln.add_argument("--method", default="geometric", choices=["geometric", "trajectory", "mother"],
+                    help="geometric (ours), trajectory (its Euclidean form) or the MoTHer-style "
+                    "baseline")
     ln.add_argument("--root-cost", type=float, default=None,
                     help="cost of starting a new tree (default: the method's own)")
     ln.add_argument("--order-method", default="endpoint", choices=list(ORDER_METHODS))
@@ -78,8 +79,11 @@ def _lineage(args) -> int:
         sel = sel[np.argsort(c.epoch[sel], kind="stable")]
         models.append(lg.Model(name, c.x[sel], c.epoch[sel]))
     kw = {} if args.root_cost is None else dict(root_cost=args.root_cost)
-    edges = (lg.recover_lineage(models, **kw) if args.method == "trajectory"
-             else lg.mother_lineage(models, c.layout, **kw))
+    if args.method == "mother":
+        edges = lg.mother_lineage(models, c.layout, **kw)
+    else:
+        fn = lg.recover_lineage if args.method == "geometric" else lg.trajectory_lineage
+        edges = fn(models, **kw)
     print(lg.lineage_text(edges))
     if args.json:
         atomic_write_json(args.json, lg.lineage_json(edges, args.method))

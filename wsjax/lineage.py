@@ -1,18 +1,25 @@
 """Lineage of fine-tuned models from weights alone: which model was forked from which
 checkpoint of which parent.
 
-Ours (`recover_lineage`, trajectories): a model forked from checkpoint k of its parent starts
-at that checkpoint, so its earliest checkpoint lies a few fine-tuning steps off the parent's
-trajectory, near epoch k; a root starts from a random initialisation, far from every other
-trajectory. The cost of the edge p -> c is the distance from c's earliest checkpoint to p's
-trajectory (polyline, as in `wsjax.identify`, without its step 0: an initialization is no
-fork point) over the median of its distances to all the
-other trajectories (most of which are unrelated, at the distance of independent models); a
-virtual root offers every model the cost `root_cost` (a model whose start is no nearer to any
-trajectory than that share of the typical distance is a root); the tree is the minimum
-spanning arborescence (Edmonds, networkx). The fork checkpoint is the parent's last step at
-or before the foot of that projection.
-The direction comes from each model's own checkpoint order, not from the weights' statistics.
+Ours (`recover_lineage`): a model forked from checkpoint k of its parent starts at that
+checkpoint, and fine-tuning moves a few of its weights far and most of them a little. Edge
+p -> c is measured from c's earliest checkpoint to each of p's checkpoints after step 0 (an
+initialization is no fork point: inits of unrelated models lie near each other) by the
+geometric mean of the per-weight absolute differences: it follows the bulk of the weights,
+which stays near the fork checkpoint, where the Euclidean distance follows the few that
+moved, and one epoch of training can carry those farther than the distance between
+relatives. The cost is the nearest checkpoint's distance over the median of c's distances to
+all the other models (most of them unrelated); a virtual root offers every model the cost
+`root_cost` (a model no nearer to any checkpoint than that share of the typical distance is a
+root); the tree is the minimum spanning arborescence (Edmonds, networkx). The fork step is
+that of the parent's checkpoint nearest to c's first checkpoint stepped back by c's own
+first step (2 c_1 - c_2), an estimate of where c started. The direction comes from each
+model's own checkpoint order, not from the weights' statistics.
+
+`trajectory_lineage`, the Euclidean form it replaced: the cost is the Euclidean distance from
+c's earliest checkpoint to p's trajectory (the polyline through its checkpoints after step 0,
+as in `wsjax.identify`), over the same median; the fork is the parent's last step at or
+before the foot of that projection.
 
 MoTHer-style baseline (`mother_lineage`, after Horwitz et al., "On the Origin of Llamas"):
 each model is its last checkpoint; edge cost = Euclidean distance, plus a penalty `lam` (the
@@ -32,7 +39,8 @@ import scipy.stats
 from wsjax.checkpoints import Layout
 from wsjax.errors import ConfigError
 
-__all__ = ["Model", "Edge", "recover_lineage", "mother_lineage", "lineage_agreement",
+__all__ = ["Model", "Edge", "recover_lineage", "trajectory_lineage", "mother_lineage",
+           "geometric_distance", "lineage_agreement",
            "lineage_text", "lineage_json", "plot_lineage", "ROOT_COST", "Fork", "train_tree"]
 
 ROOT_COST = 0.5
@@ -93,25 +101,68 @@ def _check(models: list[Model]) -> None:
         raise ConfigError("two models share a name")
 
 
-def recover_lineage(models: list[Model], root_cost: float = ROOT_COST) -> list[Edge]:
-    """Our trajectory method (module docstring). Returns one Edge per model, input order."""
-    from wsjax.identify import _segment_distance
+def _trained(p: Model) -> np.ndarray:
+    """[T] bool: p's checkpoints that are fork candidates (all of them if none is past 0)."""
+    return p.steps > 0 if (p.steps > 0).any() else np.ones(len(p.steps), bool)
 
-    _check(models)
-    names = [m.name for m in models]
-    dist, foot = {}, {}
-    # A parent's initialization (step 0) is no fork point: inits of unrelated models lie
-    # nearer to each other than trained weights do, so every root would find a "parent" there.
-    trained = {p.name: p.steps > 0 if (p.steps > 0).any() else np.ones(len(p.steps), bool)
-               for p in models}
+
+def geometric_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Geometric mean over weights of |a - b|: a [P], b [..., P] -> [...]. A difference below
+    float32's resolution (at the weight's size, or the typical weight's size for one near 0)
+    counts as that resolution: a weight left exactly unchanged, or 0 in both, is as near as
+    stored weights can tell, not infinitely near, so a few such weights cannot outvote the
+    rest."""
+    typical = np.sqrt(np.mean(a * a))
+    floor = np.finfo(np.float32).eps * np.maximum(np.maximum(np.abs(a), np.abs(b)), typical)
+    d = np.maximum(np.abs(b - a), np.maximum(floor, np.finfo(np.float64).tiny))
+    return np.exp(np.log(d).mean(-1))
+
+
+def _costs(models: list[Model], measure) -> tuple[dict, dict]:
+    """Edge costs {(p, c): cost} and fork steps {(p, c): step} for every ordered pair, from
+    measure(c's first checkpoint [P], p's fork candidates [T, P], their steps [T]) ->
+    (distance, step). A cost is the distance over the median of c's distances to all the
+    other models."""
+    dist, at = {}, {}
     for c in models:
         for p in models:
             if p is not c:
-                keep = trained[p.name]
-                d, epoch, _, _, _ = _segment_distance(c.x[0], p.x[keep], p.steps[keep])
-                dist[p.name, c.name], foot[p.name, c.name] = d, epoch
-    scale = {c: float(np.median([d for (_, cc), d in dist.items() if cc == c])) for c in names}
-    cost = {(p, c): d / max(scale[c], 1e-300) for (p, c), d in dist.items()}
+                keep = _trained(p)
+                dist[p.name, c.name], at[p.name, c.name] = measure(c.x[0], p.x[keep],
+                                                                   p.steps[keep])
+    scale = {c.name: float(np.median([d for (_, cc), d in dist.items() if cc == c.name]))
+             for c in models}
+    return {(p, c): d / max(scale[c], 1e-300) for (p, c), d in dist.items()}, at
+
+
+def _nearest_checkpoint(a: np.ndarray, x: np.ndarray, steps: np.ndarray) -> tuple[float, float]:
+    d = geometric_distance(a, x)
+    j = int(np.argmin(d))
+    return float(d[j]), float(steps[j])
+
+
+def recover_lineage(models: list[Model], root_cost: float = ROOT_COST) -> list[Edge]:
+    """Our method (module docstring). Returns one Edge per model, input order."""
+    _check(models)
+    cost, _ = _costs(models, _nearest_checkpoint)
+
+    def fork(parent: Model, child: Model) -> float:
+        # the child's first checkpoint is an epoch past the fork, and that epoch moves much
+        # of the bulk as the parent's own next epoch does: step back along the child's first
+        # step to the fork before looking for it among the parent's checkpoints
+        start = 2 * child.x[0] - child.x[1] if len(child.x) > 1 else child.x[0]
+        keep = _trained(parent)
+        return _nearest_checkpoint(start, parent.x[keep], parent.steps[keep])[1]
+
+    return _tree(models, cost, root_cost, fork)
+
+
+def trajectory_lineage(models: list[Model], root_cost: float = ROOT_COST) -> list[Edge]:
+    """The Euclidean trajectory form (module docstring). Returns one Edge per model."""
+    from wsjax.identify import _segment_distance
+
+    _check(models)
+    cost, foot = _costs(models, lambda a, x, s: _segment_distance(a, x, s)[:2])
 
     def fork(parent: Model, child: Model) -> float:
         # the child's first checkpoint is an epoch of training past the fork, and that epoch
